@@ -1,0 +1,171 @@
+"""Throughput measurement: the guide's table for one backend, plus what the
+guide leaves out (the host's share and the end-to-end rate).
+
+Three figures per run, each a median over repeats after warm-up:
+- pure inference images/s per batch size: ``backend.infer`` alone on a
+  preprocessed batch (what ``ais_infer`` reports);
+- end-to-end images/s per batch size: ``run_pipeline`` from image files to COCO
+  results with decoding, inference and post-processing overlapped;
+- host images/s: decoding + preprocessing + post-processing with no backend,
+  i.e. the most images/s the host could feed an infinitely fast accelerator.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .config import M2DetConfig
+from .io_utils import atomic_write_json, atomic_write_text
+from .published import PUBLISHED_THROUGHPUT
+
+__all__ = ["machine_info", "measure_inference", "measure_host", "measure_end_to_end", "run_bench", "bench_markdown"]
+
+
+def machine_info() -> Dict[str, object]:
+    """What decides the numbers: CPU model and cores, library versions, accelerator."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: Dict[str, object] = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
+                               "python": platform.python_version()}
+    try:
+        from .environment import library_versions
+
+        info["versions"] = library_versions()
+    except Exception:  # noqa: BLE001 - information only
+        pass
+    return info
+
+
+def _median_seconds(fn: Callable[[], object], warmup: int, repeats: int) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure_inference(backend, tensors: Sequence[np.ndarray], batch_size: int, warmup: int = 1,
+                      repeats: int = 3) -> Dict[str, float]:
+    """Pure inference rate at one batch size, on real preprocessed images."""
+    picks = [tensors[i % len(tensors)] for i in range(batch_size)]
+    batch = np.stack(picks)
+    times = _median_seconds(lambda: backend.infer(batch), warmup, repeats)
+    median = statistics.median(times)
+    return {"batch_size": batch_size, "median_s_per_batch": median, "images_per_second": batch_size / median,
+            "repeats": repeats, "times_s": times}
+
+
+def measure_host(records, cfg: M2DetConfig, outputs, category_ids, images: int = 200,
+                 loader_threads: int = 2, repeats: int = 3) -> Dict[str, float]:
+    """Decode + preprocess + post-process ``images`` images (cycling over the
+    records, with recorded raw outputs), no backend: the host's ceiling."""
+    from .coco import to_coco_results
+    from .pipeline import iter_preprocessed
+    from .postprocess import detect
+    from .priors import make_priors
+
+    priors = make_priors(cfg)
+    cycle = [records[i % len(records)] for i in range(images)]
+    index = {r.image_id: i for i, r in enumerate(records)}
+
+    def once():
+        for record, tensor, size, err in iter_preprocessed(cycle, cfg, workers=loader_threads, prefetch=16):
+            scores, loc = outputs[index[record.image_id] % len(outputs)]
+            to_coco_results(detect(scores, loc, priors, size[0], size[1], cfg), record.image_id, category_ids)
+
+    times = _median_seconds(once, 0, repeats)
+    median = statistics.median(times)
+    return {"images": images, "median_s": median, "images_per_second": images / median, "times_s": times}
+
+
+def measure_end_to_end(backend, records, cfg: M2DetConfig, category_ids, batch_size: int,
+                       repeats: int = 1, loader_threads: int = 2) -> Dict[str, float]:
+    """Files to COCO results through the streaming pipeline, at one batch size."""
+    from .pipeline import run_pipeline
+
+    times = _median_seconds(lambda: run_pipeline(records, backend, cfg, category_ids, batch_size=batch_size,
+                                                 loader_threads=loader_threads, progress=False), 0, repeats)
+    median = statistics.median(times)
+    return {"batch_size": batch_size, "images": len(records), "median_s": median,
+            "images_per_second": len(records) / median, "times_s": times}
+
+
+def bench_markdown(data: Dict[str, object]) -> str:
+    """The guide's table with this run's figures beside the published ones."""
+    lines = [f"# m2det bench: {data['backend']} (M2Det{data['size']})", "",
+             f"Machine: {data['machine'].get('cpu')} ({data['machine'].get('cores')} cores)", "",
+             "| batch | pure inference img/s | end to end img/s | e2e / pure | 310P3 published | T4 published |",
+             "|---|---|---|---|---|---|"]
+    e2e = {row["batch_size"]: row for row in data.get("end_to_end", [])}
+    for row in data["inference"]:
+        b = row["batch_size"]
+        e = e2e.get(b)
+        lines.append(
+            f"| {b} | {row['images_per_second']:.3f} | "
+            + (f"{e['images_per_second']:.3f} | {e['images_per_second'] / row['images_per_second']:.1%}" if e else "- | -")
+            + f" | {PUBLISHED_THROUGHPUT['310P3'].get(b, '-')} | {PUBLISHED_THROUGHPUT['T4'].get(b, '-')} |"
+        )
+    host = data.get("host")
+    if host:
+        lines += ["", f"Host side (decode + preprocess + post-process, no backend): "
+                      f"**{host['images_per_second']:.1f} images/s** over {host['images']} images "
+                      f"(the guide's scripts: about 25)."]
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(args, cfg: M2DetConfig, backend_factory: Callable[[], object],
+              log: Callable[[str], None] = print) -> int:
+    """``m2det bench``: measure, write bench.json and bench.md, print the table."""
+    from .cli import _category_ids, _resolve_dataset
+    from .preprocess import load_and_preprocess
+
+    records, annotations = _resolve_dataset(args)
+    category_ids = _category_ids(annotations) if annotations else list(range(1, cfg.num_classes))
+    tensors = [load_and_preprocess(r.path, cfg)[0] for r in records[: max(args.batch_sizes)]]
+    backend = backend_factory()
+    try:
+        data: Dict[str, object] = {"backend": getattr(backend, "name", args.backend), "size": cfg.size,
+                                   "machine": machine_info(), "warmup": args.warmup, "repeats": args.repeats,
+                                   "inference": [], "end_to_end": []}
+        outputs = []
+        for b in args.batch_sizes:
+            log(f"pure inference, batch {b} ...")
+            data["inference"].append(measure_inference(backend, tensors, b, args.warmup, args.repeats))
+        for t in tensors[: min(len(tensors), 8)]:
+            scores, loc = backend.infer(t[None])
+            outputs.append((scores[0], loc[0]))
+        if not args.no_end_to_end:
+            for b in args.batch_sizes:
+                log(f"end to end over {len(records)} images, batch {b} ...")
+                data["end_to_end"].append(measure_end_to_end(backend, records, cfg, category_ids, b,
+                                                             loader_threads=args.loader_threads
+                                                             if hasattr(args, "loader_threads") else 2))
+        log(f"host side over {args.host_images} images ...")
+        data["host"] = measure_host(records[: len(outputs)], cfg, outputs, category_ids, images=args.host_images)
+    finally:
+        backend.close()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "bench.json", data, indent=2)
+    text = bench_markdown(data)
+    atomic_write_text(out / "bench.md", text)
+    print(text)
+    print(f"-> {out / 'bench.json'}, {out / 'bench.md'}")
+    return 0

@@ -1,0 +1,141 @@
+"""Which images a run covers: COCO annotation files, image folders, shards.
+
+A record carries the image id COCO scoring needs and, when the annotation file
+or an info file knows it, the original size (post-processing scales boxes to
+it). Records are sorted by image id, as the reference evaluates them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from .errors import InputFileError
+from .preprocess import list_images
+
+__all__ = [
+    "ImageRecord",
+    "DEFAULT_DATASET",
+    "default_dataset_paths",
+    "find_annotation_file",
+    "coco_records",
+    "annotation_images",
+    "folder_records",
+    "parse_shard",
+    "select_shard",
+]
+
+PathLike = Union[str, Path]
+_PACKAGE_ROOT = Path(__file__).resolve().parent
+# The bundled mini COCO set (fixtures/mini_coco in a source checkout).
+DEFAULT_DATASET = _PACKAGE_ROOT.parent / "fixtures" / "mini_coco"
+ANNOTATION_NAME = "instances_minival2014.json"
+IMAGE_DIR_NAME = "val2014"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a run."""
+
+    image_id: int
+    path: Path
+    width: Optional[int] = None
+    height: Optional[int] = None
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+
+def find_annotation_file(root: PathLike) -> Path:
+    """``<root>/annotations/instances_minival2014.json`` or ``<root>/instances_minival2014.json``."""
+    root = Path(root)
+    for candidate in (root / "annotations" / ANNOTATION_NAME, root / ANNOTATION_NAME):
+        if candidate.is_file():
+            return candidate
+    raise InputFileError(root, f"no {ANNOTATION_NAME} in this folder or its annotations/ subfolder")
+
+
+def default_dataset_paths(root: Optional[PathLike] = None) -> Tuple[Path, Path]:
+    """(annotation file, image folder) of a COCO root laid out as minival2014."""
+    root = Path(root) if root is not None else DEFAULT_DATASET
+    if not root.is_dir():
+        raise InputFileError(root, "dataset folder not found (give --coco-root, or run from a source checkout "
+                                   "that holds fixtures/mini_coco)")
+    images = root / IMAGE_DIR_NAME
+    if not images.is_dir():
+        raise InputFileError(root, f"no {IMAGE_DIR_NAME}/ image folder here")
+    return find_annotation_file(root), images
+
+
+def _load_json(path: Path) -> dict:
+    if not path.is_file():
+        raise InputFileError(path, "annotation file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputFileError(path, f"not a readable JSON annotation file ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise InputFileError(path, "not a COCO annotation file (no 'images' list)")
+    return data
+
+
+def coco_records(annotation_file: PathLike, image_dir: PathLike) -> List[ImageRecord]:
+    """Every image of a COCO annotation file, sorted by id, with its size."""
+    annotation_file = Path(annotation_file)
+    image_dir = Path(image_dir)
+    data = _load_json(annotation_file)
+    records = []
+    for i, entry in enumerate(data["images"]):
+        try:
+            records.append(ImageRecord(int(entry["id"]), image_dir / str(entry["file_name"]),
+                                       int(entry["width"]), int(entry["height"])))
+        except (KeyError, TypeError, ValueError):
+            raise InputFileError(annotation_file, f"images[{i}] lacks a valid id, file_name, width or height") from None
+    if not records:
+        raise InputFileError(annotation_file, "holds no images")
+    return sorted(records, key=lambda r: r.image_id)
+
+
+_TRAILING_DIGITS = re.compile(r"(\d+)$")
+
+
+def annotation_images(annotation_file: PathLike) -> Dict[str, ImageRecord]:
+    """{file stem: record} of an annotation file, to find an output's image id
+    and original size by its name."""
+    return {r.stem: r for r in coco_records(annotation_file, Path("."))}
+
+
+def folder_records(folder: PathLike) -> List[ImageRecord]:
+    """Images of a folder; the id is the number the file name ends with
+    (``COCO_val2014_000000000139`` -> 139), else the position in sorted order."""
+    files = list_images(folder, ("jpg", "jpeg", "JPG", "JPEG", "png", "PNG", "bmp"))
+    if not files:
+        raise InputFileError(folder, "no images (*.jpg, *.jpeg, *.png, *.bmp) in this folder")
+    ids = []
+    for i, path in enumerate(files):
+        match = _TRAILING_DIGITS.search(path.stem)
+        ids.append(int(match.group(1)) if match else i)
+    if len(set(ids)) != len(ids):
+        ids = list(range(len(files)))
+    return sorted((ImageRecord(i, p) for i, p in zip(ids, files)), key=lambda r: r.image_id)
+
+
+def parse_shard(text: str) -> Tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 0 <= I < N."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not match:
+        raise ValueError(f"shard must look like I/N (e.g. 0/4), got {text!r}")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {text!r}: need 0 <= I < N")
+    return index, count
+
+
+def select_shard(records: Sequence[ImageRecord], index: int, count: int) -> List[ImageRecord]:
+    """Every ``count``-th record starting at ``index`` (shards interleave, so each
+    gets a fair mix of image sizes)."""
+    return list(records[index::count])

@@ -1,0 +1,46 @@
+"""The project's own error types.
+
+Every reader raises one of these, with the offending file and the problem in
+the message, so that the CLI can print one line and exit non-zero instead of a
+traceback from deep inside numpy or torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+__all__ = [
+    "M2DetError",
+    "InputFileError",
+    "CheckpointError",
+    "BackendUnavailableError",
+    "ModelOutputError",
+]
+
+PathLike = Union[str, Path]
+
+
+class M2DetError(Exception):
+    """Base class: a problem the user can fix, described in one line."""
+
+
+class InputFileError(M2DetError, ValueError):
+    """A file that is missing, unreadable or not what it should be."""
+
+    def __init__(self, path: Optional[PathLike], problem: str):
+        self.path = None if path is None else Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}" if path is not None else problem)
+
+
+class CheckpointError(InputFileError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+class BackendUnavailableError(M2DetError, RuntimeError):
+    """A runtime (aclruntime, CUDA, ...) that is not installed or has no device."""
+
+
+class ModelOutputError(M2DetError, ValueError):
+    """A model whose outputs are not the (scores, loc) pair this pipeline expects."""

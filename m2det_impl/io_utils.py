@@ -1,0 +1,117 @@
+"""Atomic file writes.
+
+A COCO results file or a golden file that is half written (a killed process,
+a full disk) must never be mistaken for a complete one, so every file the
+project produces goes through :func:`atomic_write_bytes`: write a temporary
+file in the destination's folder, flush and fsync it, then ``os.replace`` it
+over the destination (atomic on POSIX and Windows within one file system).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from .errors import InputFileError
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "to_jsonable",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _umask_mode() -> int:
+    """The mode a plain ``open(path, 'w')`` would give (mkstemp uses 0600).
+
+    Reads the umask from /proc where possible: setting it to read it back
+    (the portable way) briefly changes it for every thread of the process.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path.
+
+    Readers see either the old file or the complete new one, never a prefix.
+    The parent folder must exist (creating it silently would hide typos).
+    """
+    target = Path(path)
+    folder = target.parent
+    if not folder.is_dir():
+        raise InputFileError(target, f"cannot write: folder {folder} does not exist")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, _umask_mode())
+        os.replace(tmp_name, target)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_folder(folder)
+    return target
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable where the platform allows it."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """:func:`atomic_write_bytes` for text."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def to_jsonable(value: Any) -> Any:
+    """``json.dump`` default hook: numpy scalars and arrays to Python values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"object of type {type(value).__name__} is not JSON serializable")
+
+
+def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = None) -> Path:
+    """Serialise ``obj`` (numpy values allowed) and write it atomically.
+
+    Floats are written with ``repr`` precision, so float64 values round-trip
+    exactly.
+    """
+    text = json.dumps(obj, default=to_jsonable, indent=indent, allow_nan=False)
+    return atomic_write_text(path, text)

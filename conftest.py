@@ -87,6 +87,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(
             "each test needs exactly one of the markers cpu/npu/gpu:\n  " + "\n  ".join(bad)
         )
+    # Slow tests (hours) run only when asked for by name, even if their
+    # resources happen to be configured in the environment.
+    if "slow" not in (config.getoption("-m") or ""):
+        skip = pytest.mark.skip(reason="slow (minutes to hours): select it with -m 'cpu and slow' or -m slow")
+        for item in items:
+            if item.get_closest_marker("slow") is not None:
+                item.add_marker(skip)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

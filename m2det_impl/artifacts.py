@@ -1,28 +1,35 @@
 """Where a run's model comes from: weights, a cached ONNX export, a backend.
 
 Exporting M2Det512 takes about 15 s and writes about 530 MB, so exports are
-cached under a key of everything that changes the file (input size, batch
-mode, opset, the weights' identity, torch and onnx versions) and shared by the
-CLI and the test suite. A file lock lets parallel processes (pytest-xdist
-workers, shards) wait for one exporter instead of all exporting.
+cached under a key of everything that decides the file's bytes (the config,
+the weights' identity, batch mode, opset, torch and onnx versions, and the
+source of the model and the exporter) and shared by the CLI and the test
+suite. A file lock lets parallel processes (pytest-xdist workers, shards) wait
+for one exporter instead of all exporting; entries unused for 14 days are
+pruned.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
-import sys
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 from .config import M2DetConfig
 
-__all__ = ["cache_dir", "weights_tag", "load_model", "cached_onnx", "make_backend", "BACKENDS"]
+__all__ = ["cache_dir", "weights_tag", "load_model", "ExportRecord", "cached_export", "cached_onnx",
+           "make_backend", "BACKENDS"]
 
 PathLike = Union[str, Path]
 BACKENDS = ("onnxruntime", "torch", "om")
+PRUNE_AFTER_S = 14 * 24 * 3600  # cache entries unused this long are removed
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def cache_dir() -> Path:
@@ -35,15 +42,14 @@ def cache_dir() -> Path:
 
 
 def weights_tag(weights: Optional[PathLike], salt: int = 0) -> str:
-    """A short identity of the weights: golden weights by salt, a file by its
-    resolved path, size and modification time (hashing 530 MB each run would
-    cost more than the lookup saves)."""
+    """A short identity of the weights: ``golden<salt>`` for golden weights, or
+    ``ckpt-<digest>`` of a file's resolved path, size and modification time
+    (hashing 530 MB on every run would cost more than the lookup saves)."""
     if weights is None:
-        return f"golden-salt{salt}"
+        return f"golden{salt}"
     path = Path(weights).resolve()
     stat = path.stat()
-    digest = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return f"{path.stem}-{digest}"
+    return "ckpt-" + hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
 
 
 def load_model(cfg: M2DetConfig, weights: Optional[PathLike] = None, salt: int = 0):
@@ -57,7 +63,8 @@ def load_model(cfg: M2DetConfig, weights: Optional[PathLike] = None, salt: int =
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` for the duration of the block."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         try:
@@ -72,37 +79,98 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def cached_onnx(cfg: M2DetConfig, weights: Optional[PathLike] = None, batch: Optional[int] = None,
-                opset: int = 11, salt: int = 0, directory: Optional[PathLike] = None,
-                log=None) -> Path:
-    """Path of the ONNX export for these settings, exporting it once if needed."""
+@dataclass(frozen=True)
+class ExportRecord:
+    """A cached export: its file, how long the export took when it was made,
+    its size, and whether this call reused it."""
+
+    path: Path
+    seconds: float
+    bytes: int
+    reused: bool
+
+
+def _source_digest() -> str:
+    """The code that decides the graph's bytes: a change re-exports."""
+    h = hashlib.sha256()
+    for name in ("model.py", "export.py", "config.py"):
+        h.update((_PACKAGE_DIR / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def export_key(cfg: M2DetConfig, weights: str, batch: Optional[int], opset: int) -> Tuple[str, Dict[str, str]]:
+    """(cache key, what it was made of) for one export."""
     import onnx
     import torch
 
+    parts = {
+        "config": repr(cfg),
+        "weights": weights,
+        "batch": "dynamic" if batch is None else str(batch),
+        "opset": str(opset),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "sources": _source_digest(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20], parts
+
+
+def _prune(root: Path, keep: Path) -> None:
+    """Remove cache entries unused for PRUNE_AFTER_S, skipping any in use."""
+    now = time.time()
+    for entry in root.glob("*/export.json"):
+        folder = entry.parent
+        if folder == keep or now - entry.stat().st_mtime < PRUNE_AFTER_S:
+            continue
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover
+            return
+        with open(folder / ".lock", "a+") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def cached_export(cfg: M2DetConfig, weights: Optional[PathLike] = None, batch: Optional[int] = None,
+                  opset: int = 11, salt: int = 0, model_factory: Optional[Callable[[], object]] = None,
+                  log: Optional[Callable[[str], None]] = None) -> ExportRecord:
+    """The ONNX export for these settings, made at most once across processes.
+
+    ``model_factory`` supplies the model when an export is needed (default:
+    :func:`load_model`), so a caller holding the model already can lend it.
+    """
     from .export import export_onnx
 
-    directory = Path(directory) if directory is not None else cache_dir()
-    batch_part = "dyn" if batch is None else f"b{batch}"
-    key = f"m2det{cfg.size}-{weights_tag(weights, salt)}-{batch_part}-op{opset}-torch{torch.__version__}-onnx{onnx.__version__}"
-    key = key.replace("+", "_")
-    path = directory / f"{key}.onnx"
-    with _file_lock(directory / f"{key}.lock"):
-        if path.is_file():
-            return path
+    key, parts = export_key(cfg, weights_tag(weights, salt), batch, opset)
+    root = cache_dir() / "onnx"
+    folder = root / key
+    path = folder / f"m2det{cfg.size}_{parts['batch']}.onnx"
+    meta = folder / "export.json"
+    with file_lock(folder / ".lock"):
+        if meta.is_file() and path.is_file():
+            info = json.loads(meta.read_text())
+            os.utime(meta)  # last use, for pruning
+            return ExportRecord(path, float(info["seconds"]), path.stat().st_size, True)
         if log is not None:
-            log(f"exporting ONNX ({key}) into {directory}: about 15 s and 530 MB, once")
+            log(f"exporting ONNX once into {folder} (about 15 s and 530 MB; cached for later runs)")
+        model = model_factory() if model_factory is not None else load_model(cfg, weights, salt)
         start = time.perf_counter()
-        model = load_model(cfg, weights, salt)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            export_onnx(model, tmp, cfg, batch=batch, opset=opset)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        if log is not None:
-            log(f"exported in {time.perf_counter() - start:.1f} s: {path}")
-    return path
+        export_onnx(model, path, cfg, batch=batch, opset=opset)
+        seconds = time.perf_counter() - start
+        meta.write_text(json.dumps({**parts, "seconds": seconds, "bytes": path.stat().st_size}, indent=1))
+    _prune(root, folder)
+    if log is not None:
+        log(f"exported in {seconds:.1f} s: {path}")
+    return ExportRecord(path, seconds, path.stat().st_size, False)
+
+
+def cached_onnx(cfg: M2DetConfig, weights: Optional[PathLike] = None, batch: Optional[int] = None,
+                opset: int = 11, salt: int = 0, log: Optional[Callable[[str], None]] = None) -> Path:
+    """Path of the cached ONNX export for these settings (see :func:`cached_export`)."""
+    return cached_export(cfg, weights, batch, opset, salt, log=log).path
 
 
 def make_backend(kind: str, cfg: M2DetConfig, *, weights: Optional[PathLike] = None,
@@ -126,7 +194,3 @@ def make_backend(kind: str, cfg: M2DetConfig, *, weights: Optional[PathLike] = N
             raise ValueError("the om backend needs an .om model: give --om PATH")
         return backends.OmBackend(om_path, device_id=device_id)
     raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
-
-
-def stderr_log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -110,7 +110,7 @@ def _identity(args, cfg) -> dict:
         "size": cfg.size,
         "backend": args.backend,
         "model": str(Path(model).resolve()) if model else None,
-        "weights": weights_tag(args.weights) if args.weights else "golden-salt0",
+        "weights": weights_tag(args.weights),
         "test": {k: v for k, v in vars(cfg.test).items()},
     }
 
@@ -213,14 +213,15 @@ def _gate(summary: dict, min_ap: Optional[float]) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from tqdm.auto import tqdm
+
     from .coco import to_coco_results
     from .dataset import annotation_images
+    from .io_utils import atomic_write_json
     from .outputs import read_pair, scan_outputs
     from .postprocess import detect
     from .preprocess import read_info
     from .priors import make_priors
-    from .io_utils import atomic_write_json
-    from tqdm.auto import tqdm
 
     cfg = _config(args)
     annotations = Path(args.annotations)
@@ -284,24 +285,29 @@ def cmd_export(args) -> int:
     import time
 
     from .artifacts import load_model
-    from .export import GUIDE_BATCH_SIZES, atc_census, export_onnx, write_atc_script
+    from .export import atc_census, export_onnx, write_atc_script
 
     cfg = _config(args)
     if args.weights is None:
         _log(GOLDEN_WARNING)
     model = load_model(cfg, args.weights)
-    out = Path(args.output)
-    batch = None if args.batch in (None, "dynamic") else int(args.batch)
-    start = time.perf_counter()
-    path = export_onnx(model, out, cfg, batch=batch, opset=args.opset)
-    print(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB, "
-          f"{'dynamic' if batch is None else f'static batch {batch}'}) in {time.perf_counter() - start:.1f} s")
-    report = atc_census(path)
-    print(report.summary() if hasattr(report, "summary") else report)
-    batches = args.atc_batches or ([batch] if batch else list(GUIDE_BATCH_SIZES))
-    script = write_atc_script(out.with_name(out.stem + "_atc.sh"), path, batches, args.soc_version, cfg.size)
-    print(f"atc commands for batch sizes {batches} -> {script}")
-    print(script.read_text())
+    out_dir = Path(args.out_dir)
+    _check_writable(out_dir)
+    files = {}
+    for batch in args.batch or [None]:
+        path = out_dir / (f"m2det{cfg.size}" + ("" if batch is None else f"_bs{batch}") + ".onnx")
+        start = time.perf_counter()
+        files[batch] = export_onnx(model, path, cfg, batch=batch, opset=args.opset)
+        kind = "dynamic batch" if batch is None else f"static batch {batch}"
+        print(f"{path}: {kind}, {path.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")
+        print(atc_census(path).summary())
+    static = {b: p for b, p in files.items() if b is not None}
+    if static:
+        script = write_atc_script(out_dir / "atc_build.sh", static, sorted(static), args.soc_version, cfg.size)
+        print(f"atc commands -> {script}:")
+        print(script.read_text(), end="")
+    else:
+        print("dynamic-batch export (for ONNX Runtime); atc needs static exports: pass --batch B (repeatable)")
     return EXIT_OK
 
 
@@ -333,9 +339,8 @@ def cmd_preprocess(args) -> int:
 
 
 def cmd_infer(args) -> int:
-    from tqdm.auto import tqdm
-
     import numpy as np
+    from tqdm.auto import tqdm
 
     from .outputs import write_outputs
     from .preprocess import list_images, load_and_preprocess, read_bin
@@ -427,10 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("export", cmd_export, "checkpoint -> ONNX (opset 11) plus the atc commands to build .om files")
     _add_model_options(p, backends=False)
-    p.add_argument("--output", default="m2det512.onnx", help="ONNX file to write (default m2det512.onnx)")
-    p.add_argument("--batch", default=None, help="static batch size, or 'dynamic' (default)")
+    p.add_argument("--batch", type=_positive_int, action="append",
+                   help="static batch size, repeatable (one file each, for atc); omit for one dynamic-batch file")
+    p.add_argument("--out-dir", default=".", help="folder for m2det512[_bsB].onnx and atc_build.sh (default .)")
     p.add_argument("--opset", type=int, default=11)
-    p.add_argument("--atc-batches", type=_int_list, help="batch sizes for the atc commands (default 1,4,8,16,32)")
     p.add_argument("--soc-version", default="Ascend310P3")
 
     p = add("preprocess", cmd_preprocess, "images -> .bin inputs and the guide's bin/jpg info files")

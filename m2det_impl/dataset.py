@@ -65,10 +65,11 @@ def default_dataset_paths(root: Optional[PathLike] = None) -> Tuple[Path, Path]:
     if not root.is_dir():
         raise InputFileError(root, "dataset folder not found (give --coco-root, or run from a source checkout "
                                    "that holds fixtures/mini_coco)")
+    annotations = find_annotation_file(root)
     images = root / IMAGE_DIR_NAME
     if not images.is_dir():
         raise InputFileError(root, f"no {IMAGE_DIR_NAME}/ image folder here")
-    return find_annotation_file(root), images
+    return annotations, images
 
 
 def _load_json(path: Path) -> dict:

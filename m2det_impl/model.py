@@ -176,8 +176,8 @@ class M2Det(nn.Module):
         sources = [torch.cat([lv[s - 1] for lv in levels], 1) for s in range(num_scales, 0, -1)]
         sources[0] = self.Norm(sources[0])
         batch = image.shape[0]
-        loc = torch.cat([l(s).permute(0, 2, 3, 1).reshape(batch, -1) for s, l in zip(sources, self.loc)], 1)
-        conf = torch.cat([c(s).permute(0, 2, 3, 1).reshape(batch, -1) for s, c in zip(sources, self.conf)], 1)
+        loc = torch.cat([head(s).permute(0, 2, 3, 1).reshape(batch, -1) for s, head in zip(sources, self.loc)], 1)
+        conf = torch.cat([head(s).permute(0, 2, 3, 1).reshape(batch, -1) for s, head in zip(sources, self.conf)], 1)
         scores = torch.softmax(conf.reshape(batch, -1, self.num_classes), dim=-1)
         return scores, loc.reshape(batch, -1, 4)
 

@@ -632,11 +632,11 @@ def _decode_bound(priors: np.ndarray, loc: np.ndarray, variances=(0.1, 0.2)) -> 
     the bound is used as is, without a fudge factor.
     """
     p = priors.astype(np.float64)
-    l = loc.astype(np.float64)
+    offsets = loc.astype(np.float64)
     v0, v1 = variances
-    t = l[:, :2] * v0 * p[:, 2:]
+    t = offsets[:, :2] * v0 * p[:, 2:]
     c = p[:, :2] + t
-    a = l[:, 2:] * v1
+    a = offsets[:, 2:] * v1
     w = p[:, 2:] * np.exp(a)
     x1 = c - w / 2
     x2 = x1 + w

@@ -1,0 +1,107 @@
+"""The one interface every inference backend implements.
+
+``infer(batch[B,3,S,S]) -> (scores[B,P,C], loc[B,P,4])``, float32, in the order
+the post-processing expects, whatever the runtime calls or orders its outputs.
+Static-batch models (an ``.om`` is always one) get the input cut into chunks of
+their batch size; the last partial chunk is padded with zeros and the padding
+dropped from the outputs, so a caller never sees the model's batch size.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import ModelOutputError
+
+__all__ = ["Backend", "Outputs", "check_input_batch"]
+
+Outputs = Tuple[np.ndarray, np.ndarray]
+
+
+def check_input_batch(batch: np.ndarray, size: Optional[int] = None) -> np.ndarray:
+    """``batch`` as a C-contiguous float32 ``[B, 3, S, S]`` array, or ValueError."""
+    array = np.asarray(batch)
+    if array.ndim != 4 or array.shape[1] != 3 or array.shape[2] != array.shape[3] or array.shape[0] < 1:
+        raise ValueError(f"expected an image batch [B, 3, S, S] with B >= 1, got shape {list(array.shape)}")
+    if size is not None and array.shape[2] != size:
+        raise ValueError(f"this model takes {size}x{size} inputs, got {array.shape[2]}x{array.shape[3]}")
+    if array.dtype != np.float32:
+        raise ValueError(f"expected float32 input (the preprocessed tensor), got {array.dtype}")
+    return np.ascontiguousarray(array)
+
+
+class Backend(ABC):
+    """An inference runtime holding one M2Det model.
+
+    Subclasses set :attr:`name`, :attr:`static_batch` (``None`` when any batch
+    size runs) and :attr:`input_size` (``None`` when unknown), and implement
+    :meth:`_run` for one chunk and :meth:`close`.
+    """
+
+    name: str = "backend"
+    static_batch: Optional[int] = None
+    input_size: Optional[int] = None
+    source: str = ""
+
+    @property
+    def batch_sizes(self) -> Optional[Tuple[int, ...]]:
+        """Batch sizes the model itself accepts; ``None`` means any."""
+        return None if self.static_batch is None else (self.static_batch,)
+
+    def infer(self, batch: np.ndarray, max_batch: Optional[int] = None) -> Outputs:
+        """Run ``batch`` [B, 3, S, S] float32 -> (scores [B, P, C], loc [B, P, 4]).
+
+        ``max_batch`` bounds how many images a dynamic-batch model gets per
+        call (activation memory grows with it: about 1 GB per image at 512);
+        a static-batch model always gets its own batch size.
+        """
+        batch = check_input_batch(batch, self.input_size)
+        n = batch.shape[0]
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be positive, got {max_batch}")
+        step = self.static_batch or min(n, max_batch or n)
+        scores: List[np.ndarray] = []
+        locs: List[np.ndarray] = []
+        for start in range(0, n, step):
+            chunk = batch[start:start + step]
+            real = chunk.shape[0]
+            if real < step and self.static_batch:  # pad the last partial batch; the padding is dropped below
+                pad = np.zeros((step - real, *chunk.shape[1:]), dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            chunk_scores, chunk_loc = self._check_outputs(*self._run(chunk), chunk.shape[0])
+            scores.append(chunk_scores[:real])
+            locs.append(chunk_loc[:real])
+        if len(scores) == 1:
+            return scores[0], locs[0]
+        return np.concatenate(scores), np.concatenate(locs)
+
+    def _check_outputs(self, scores: np.ndarray, loc: np.ndarray, batch: int) -> Outputs:
+        scores = np.asarray(scores)
+        loc = np.asarray(loc)
+        if loc.ndim != 3 or loc.shape[0] != batch or loc.shape[2] != 4:
+            raise ModelOutputError(f"{self.source or self.name}: loc has shape {list(loc.shape)}, "
+                                   f"expected [{batch}, P, 4]")
+        if scores.ndim != 3 or scores.shape[:2] != loc.shape[:2]:
+            raise ModelOutputError(f"{self.source or self.name}: scores have shape {list(scores.shape)}, "
+                                   f"expected [{batch}, {loc.shape[1]}, C]")
+        return scores.astype(np.float32, copy=False), loc.astype(np.float32, copy=False)
+
+    @abstractmethod
+    def _run(self, chunk: np.ndarray) -> Outputs:
+        """Run one chunk of exactly the model's batch size (any size if dynamic)."""
+
+    def close(self) -> None:
+        """Release the runtime's resources; the backend is unusable afterwards."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        batch = "dynamic" if self.static_batch is None else f"static {self.static_batch}"
+        return f"<{type(self).__name__} {self.name} ({batch} batch) {self.source}>"

@@ -1,0 +1,193 @@
+"""Ascend offline models (``.om``) through ``ais_bench`` or ``aclruntime``.
+
+Neither runtime is on PyPI (they come with Ascend's ais_bench tool and need
+the CANN toolkit and driver), so they are imported only when an ``OmBackend``
+is created: the package works without them, and without them the error says
+what to install.
+
+Output order is not trusted: ``atc`` orders outputs as the ONNX file did, or
+as ``--out-nodes`` said, and the guide's ONNX names are swapped (SPEC section
+9). Outputs are matched to ``scores``/``loc`` by name (the part after the last
+``:``, as ``atc`` writes ``node:index:name``) or, failing names, by shape
+(``scores`` ends in the class count, ``loc`` in 4), never by position alone.
+A name that contradicts its shape is an error, not a guess.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, InputFileError, ModelOutputError
+from .base import Backend, Outputs
+
+__all__ = ["OmBackend", "map_om_outputs", "INSTALL_HINT"]
+
+INSTALL_HINT = (
+    "running an .om needs Ascend's Python runtime: install the aclruntime and ais_bench wheels "
+    "built by the ais_bench tool (https://gitee.com/ascend/tools, ais-bench_workload/tool/ais_bench) "
+    "on a host with an Ascend 310P, its driver and the CANN toolkit (source set_env.sh first)"
+)
+
+
+def _short_name(name: str) -> str:
+    return str(name).rsplit(":", 1)[-1]
+
+
+def _describe(metas: Sequence[Tuple[str, Sequence[int]]]) -> str:
+    return ", ".join(f"{n}{list(s)}" for n, s in metas)
+
+
+def map_om_outputs(metas: Sequence[Tuple[str, Sequence[int]]], num_classes: int,
+                   source: str = "<om>") -> Tuple[int, int]:
+    """Indices ``(scores, loc)`` among the model outputs ``[(name, shape), ...]``.
+
+    By name when the outputs are called ``scores`` and ``loc`` (after the last
+    ``:``), checked against their shapes; otherwise by shape, when exactly one
+    output ends in ``num_classes`` and exactly one in 4. Raises
+    :class:`ModelOutputError` naming ``source`` and what it found otherwise.
+    """
+    found = _describe(metas)
+    short = [_short_name(n) for n, _ in metas]
+    last = [int(s[-1]) if len(s) else None for _, s in metas]
+    if num_classes == 4:
+        raise ModelOutputError(f"{source}: with 4 classes scores and loc cannot be told apart by shape")
+    if short.count("scores") == 1 and short.count("loc") == 1:
+        si, li = short.index("scores"), short.index("loc")
+        if last[si] != num_classes or last[li] != 4:
+            raise ModelOutputError(
+                f"{source}: outputs [{found}]: the one named 'scores' should end in {num_classes} and "
+                f"'loc' in 4; names and shapes disagree (the guide's exporter swaps these names: "
+                "re-export with m2det_impl.export and rebuild the .om)"
+            )
+        return si, li
+    by_classes = [i for i, d in enumerate(last) if d == num_classes]
+    by_four = [i for i, d in enumerate(last) if d == 4]
+    if len(by_classes) == 1 and len(by_four) == 1:
+        return by_classes[0], by_four[0]
+    raise ModelOutputError(
+        f"{source}: cannot tell scores from loc among outputs [{found}]: expected outputs named "
+        f"'scores'/'loc', or exactly one ending in {num_classes} (scores) and one ending in 4 (loc)"
+    )
+
+
+class _AisBenchRunner:
+    """``ais_bench.infer.interface.InferSession``."""
+
+    kind = "ais_bench"
+
+    def __init__(self, interface: Any, path: Path, device_id: int):
+        self.session = interface.InferSession(device_id, str(path))
+
+    def run(self, array: np.ndarray, output_names: List[str]) -> List[np.ndarray]:
+        return [np.asarray(o) for o in self.session.infer([array])]
+
+
+class _AclRuntimeRunner:
+    """The lower-level ``aclruntime`` API (SPEC section 9)."""
+
+    kind = "aclruntime"
+
+    def __init__(self, aclruntime: Any, path: Path, device_id: int):
+        self.acl = aclruntime
+        self.device_id = device_id
+        self.session = aclruntime.InferenceSession(str(path), device_id, aclruntime.session_options())
+
+    def run(self, array: np.ndarray, output_names: List[str]) -> List[np.ndarray]:
+        tensor = self.acl.Tensor(array)
+        tensor.to_device(self.device_id)
+        outputs = self.session.run(output_names, [tensor])
+        arrays = []
+        for out in outputs:
+            out.to_host()
+            arrays.append(np.array(out))
+        return arrays
+
+
+def _open_runner(path: Path, device_id: int, runtime: Optional[str]):
+    """The first importable runtime: ais_bench, then aclruntime (or only ``runtime``)."""
+    order = [runtime] if runtime else ["ais_bench", "aclruntime"]
+    errors = []
+    for name in order:
+        try:
+            if name == "ais_bench":
+                from ais_bench.infer import interface  # type: ignore[import-not-found]
+
+                return _AisBenchRunner(interface, path, device_id)
+            if name == "aclruntime":
+                import aclruntime  # type: ignore[import-not-found]
+
+                return _AclRuntimeRunner(aclruntime, path, device_id)
+            raise ValueError(f"unknown Ascend runtime {name!r}: use 'ais_bench' or 'aclruntime'")
+        except ImportError as exc:
+            errors.append(f"{name}: {exc}")
+    raise BackendUnavailableError(f"{INSTALL_HINT} ({'; '.join(errors)})")
+
+
+class OmBackend(Backend):
+    """A static-batch ``.om`` on Ascend device ``device_id``.
+
+    ``runtime`` forces ``"ais_bench"`` or ``"aclruntime"``; by default the first
+    importable. ``num_classes`` tells the scores output from loc by shape.
+    Inputs are cast to the model's input type (float16 when ``atc`` was told
+    so); outputs come back as float32 ``(scores [B,P,C], loc [B,P,4])``.
+    """
+
+    def __init__(self, path: Union[str, Path], device_id: int = 0, runtime: Optional[str] = None,
+                 num_classes: int = 81):
+        path = Path(path)
+        if not path.is_file():
+            raise InputFileError(path, ".om model not found")
+        self.source = str(path)
+        self.device_id = int(device_id)
+        self.num_classes = int(num_classes)
+        self.runner = _open_runner(path, self.device_id, runtime)
+        self.name = "om"
+        session = self.runner.session
+        inputs = list(session.get_inputs())
+        outputs = list(session.get_outputs())
+        self._bind_input(inputs)
+        metas = [(o.name, [int(d) for d in o.shape]) for o in outputs]
+        self.output_names = [o.name for o in outputs]
+        self._scores_index, self._loc_index = map_om_outputs(metas, self.num_classes, self.source)
+
+    def _bind_input(self, inputs: list) -> None:
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            found = _describe([(i.name, i.shape) for i in inputs])
+            raise ModelOutputError(f"{self.source}: inputs [{found}]; expected one image [B,3,S,S]")
+        shape = [int(d) for d in inputs[0].shape]
+        if shape[0] <= 0:
+            raise ModelOutputError(
+                f"{self.source}: input batch is dynamic ({shape}); build one static-batch .om per "
+                "batch size (m2det_impl.export.atc_command)"
+            )
+        self.static_batch = shape[0]
+        self.input_size = shape[2] if shape[2] > 0 else None
+        self.input_dtype = np.float16 if "float16" in str(inputs[0].datatype).lower() else np.float32
+
+    def _run(self, chunk: np.ndarray) -> Outputs:
+        arrays = self.runner.run(chunk.astype(self.input_dtype, copy=False), self.output_names)
+        if len(arrays) != len(self.output_names):
+            raise ModelOutputError(
+                f"{self.source}: the runtime returned {len(arrays)} outputs, the model declares "
+                f"{len(self.output_names)}"
+            )
+        batch = chunk.shape[0]
+        scores = arrays[self._scores_index].astype(np.float32, copy=False)
+        loc = arrays[self._loc_index].astype(np.float32, copy=False)
+        if loc.size % (batch * 4) or scores.size % (batch * self.num_classes):
+            raise ModelOutputError(
+                f"{self.source}: outputs of {scores.size} and {loc.size} values do not split into "
+                f"{batch} images of [P, {self.num_classes}] scores and [P, 4] loc"
+            )
+        # The guide's scores are [B*P, C]; ours are [B, P, C]: same bytes.
+        return scores.reshape(batch, -1, self.num_classes), loc.reshape(batch, -1, 4)
+
+    def close(self) -> None:
+        runner, self.runner = getattr(self, "runner", None), None
+        session = getattr(runner, "session", None)
+        free = getattr(session, "free_resource", None)
+        if callable(free):
+            free()

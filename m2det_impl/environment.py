@@ -1,0 +1,159 @@
+"""The software and hardware that decide the numbers.
+
+Two runs of the same model differ by kernel choices that follow the library
+versions and the device, so every result is recorded with them. Everything
+here is best effort: a probe that fails yields nothing, never an exception,
+because it runs inside ``pytest_report_header`` and result writers.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import platform
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Optional
+
+__all__ = ["library_versions", "npu_info", "npu_header_lines", "ascend_home"]
+
+_LIBRARIES = (
+    ("numpy", "numpy"),
+    ("torch", "torch"),
+    ("onnx", "onnx"),
+    ("onnxruntime", "onnxruntime"),
+    ("opencv", "cv2"),
+    ("numba", "numba"),
+    ("pycocotools", "pycocotools"),
+)
+
+
+def _version(module_name: str) -> Optional[str]:
+    try:
+        module = __import__(module_name)
+    except Exception:  # noqa: BLE001 - absent or broken is the same here
+        return None
+    version = getattr(module, "__version__", None)
+    if version is None and module_name == "pycocotools":
+        try:
+            from importlib.metadata import version as dist_version
+
+            version = dist_version("pycocotools")
+        except Exception:  # noqa: BLE001
+            version = "?"
+    return str(version) if version is not None else "?"
+
+
+def library_versions() -> Dict[str, object]:
+    """Versions of the libraries and runtimes behind a result, for recording.
+
+    Absent libraries map to ``None``; ``onnxruntime_providers`` lists the
+    execution providers the installed onnxruntime offers; ``npu`` holds
+    :func:`npu_info` (empty off an Ascend host).
+    """
+    info: Dict[str, object] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+    for key, module in _LIBRARIES:
+        info[key] = _version(module)
+    try:
+        import onnxruntime
+
+        info["onnxruntime_providers"] = list(onnxruntime.get_available_providers())
+    except Exception:  # noqa: BLE001
+        info["onnxruntime_providers"] = []
+    for key, module in (("ais_bench", "ais_bench"), ("aclruntime", "aclruntime")):
+        info[key] = _version(module)
+    info["npu"] = npu_info()
+    return info
+
+
+# ------------------------------------------------------------------ Ascend
+def ascend_home() -> Path:
+    """The CANN install root: ``$ASCEND_HOME_PATH``'s parent install or /usr/local/Ascend."""
+    for var in ("ASCEND_HOME", "ASCEND_INSTALL_PATH"):
+        value = os.environ.get(var)
+        if value and Path(value).is_dir():
+            return Path(value)
+    return Path("/usr/local/Ascend")
+
+
+def _read_version_file(path: Path) -> Optional[str]:
+    """``version=X`` / ``Version=X`` / ``package_version=X`` from a CANN info file."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    match = re.search(r"^\s*(?:package_)?version\s*[=:]\s*(\S+)", text, re.IGNORECASE | re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def _cann_version(home: Path) -> Optional[str]:
+    toolkit_env = os.environ.get("ASCEND_TOOLKIT_HOME")
+    roots = [Path(toolkit_env)] if toolkit_env else []
+    roots += [home / "ascend-toolkit" / "latest", home / "latest"]
+    patterns = ("version.cfg", "*/version.info", "*/ascend_toolkit_install.info", "version.info")
+    for root in roots:
+        for pattern in patterns:
+            for candidate in sorted(glob.glob(str(root / pattern))):
+                version = _read_version_file(Path(candidate))
+                if version:
+                    return version
+    return None
+
+
+def _run(argv: List[str], timeout: float = 10.0) -> Optional[str]:
+    if shutil.which(argv[0]) is None:
+        return None
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = (done.stdout or "") + (done.stderr or "")
+    return text.strip() or None
+
+
+def _soc_from_npu_smi(text: str) -> Optional[str]:
+    match = re.search(r"\b(Ascend\s?)?(310P\d?|310B\d?|310|910[A-Z0-9]*)\b", text)
+    return match.group(2) if match else None
+
+
+def npu_info() -> Dict[str, str]:
+    """CANN, driver and ``atc`` versions and the SoC, each only when found."""
+    info: Dict[str, str] = {}
+    home = ascend_home()
+    cann = _cann_version(home)
+    if cann:
+        info["cann"] = cann
+    driver = _read_version_file(home / "driver" / "version.info")
+    if driver:
+        info["driver"] = driver
+    atc = _run(["atc", "--version"])
+    if atc:  # keep only a line that states a version, not an error message
+        lines = [ln for ln in atc.splitlines() if re.search(r"\d+\.\d+", ln) and "rror" not in ln]
+        if lines:
+            info["atc"] = lines[-1].strip()[:120]
+    smi = _run(["npu-smi", "info"])
+    if smi:
+        soc = _soc_from_npu_smi(smi)
+        if soc:
+            info["soc"] = soc
+        version = re.search(r"npu-smi\s+(\S+)", smi)
+        if version:
+            info["npu_smi"] = version.group(1)
+    return info
+
+
+def npu_header_lines() -> List[str]:
+    """Lines for ``pytest_report_header``: nothing off an Ascend host."""
+    try:
+        info = npu_info()
+    except Exception:  # noqa: BLE001 - a header must never break a run
+        return []
+    if not info:
+        return []
+    return ["ascend: " + ", ".join(f"{k} {v}" for k, v in info.items())]

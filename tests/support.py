@@ -1,0 +1,59 @@
+"""Test-side helpers: raw outputs of a *perfect* network for known boxes.
+
+The expected values of tests built on these come from the ground truth, never
+from the code under test: the boxes are encoded into the raw outputs a perfect
+network would emit, and the pipeline must give them back.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+
+def _iou_with_priors(box: np.ndarray, priors_xyxy: np.ndarray) -> np.ndarray:
+    ix1 = np.maximum(box[0], priors_xyxy[:, 0])
+    iy1 = np.maximum(box[1], priors_xyxy[:, 1])
+    ix2 = np.minimum(box[2], priors_xyxy[:, 2])
+    iy2 = np.minimum(box[3], priors_xyxy[:, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (priors_xyxy[:, 2] - priors_xyxy[:, 0]) * (priors_xyxy[:, 3] - priors_xyxy[:, 1])
+    return inter / (area + areas - inter)
+
+
+def perfect_outputs(annotation_file: Path, cfg, score: float = 0.9) -> Dict[str, Tuple[np.ndarray, np.ndarray, dict]]:
+    """{file stem: (scores [P, C], loc [P, 4], image entry)} whose decoding gives
+    back every ground-truth box of the annotation file with ``score``."""
+    from m2det_impl.postprocess import encode
+    from m2det_impl.priors import make_priors
+
+    data = json.loads(Path(annotation_file).read_text())
+    cat_index = {c["id"]: j + 1 for j, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))}
+    priors = make_priors(cfg).astype(np.float64)
+    priors_xyxy = np.concatenate([priors[:, :2] - priors[:, 2:] / 2, priors[:, :2] + priors[:, 2:] / 2], 1)
+    by_image: Dict[int, List[dict]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    out = {}
+    for image in data["images"]:
+        w, h = image["width"], image["height"]
+        scores = np.zeros((cfg.num_priors, cfg.num_classes), np.float32)
+        scores[:, 0] = 1.0
+        loc = np.zeros((cfg.num_priors, 4), np.float32)
+        used = set()
+        for ann in by_image.get(image["id"], []):
+            x, y, bw, bh = ann["bbox"]
+            # the reference reports width x2 - x1 + 1: encode x2 = x + w - 1
+            box = np.array([x / w, y / h, (x + bw - 1) / w, (y + bh - 1) / h])
+            order = np.argsort(-_iou_with_priors(box, priors_xyxy))
+            prior = next(int(p) for p in order if int(p) not in used)
+            used.add(prior)
+            loc[prior] = encode(box[None].astype(np.float32), priors[prior][None].astype(np.float32), cfg.test.variances)[0]
+            scores[prior, 0] = 1.0 - score
+            scores[prior, cat_index[ann["category_id"]]] = score
+        out[Path(image["file_name"]).stem] = (scores, loc, image)
+    return out

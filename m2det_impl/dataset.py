@@ -30,8 +30,9 @@ __all__ = [
 
 PathLike = Union[str, Path]
 _PACKAGE_ROOT = Path(__file__).resolve().parent
-# The bundled mini COCO set (fixtures/mini_coco in a source checkout).
-DEFAULT_DATASET = _PACKAGE_ROOT.parent / "fixtures" / "mini_coco"
+# Bundled data of a source checkout: the mini COCO set and the golden files.
+REPO_FIXTURES = _PACKAGE_ROOT.parent / "fixtures"
+DEFAULT_DATASET = REPO_FIXTURES / "mini_coco"
 ANNOTATION_NAME = "instances_minival2014.json"
 IMAGE_DIR_NAME = "val2014"
 

@@ -460,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive_int, default=3)
     p.add_argument("--host-images", type=_positive_int, default=200, help="images for the host-side figure")
     p.add_argument("--no-end-to-end", action="store_true")
+    p.add_argument("--loader-threads", type=_positive_int, default=2, help="image decoding threads (default 2)")
     p.add_argument("--output", default="m2det-bench", help="folder for bench.json and bench.md")
 
     p = add("report", cmd_report, "conformance report of a run folder, side by side with the guide's figures")

@@ -27,7 +27,7 @@ __all__ = ["cache_dir", "weights_tag", "load_model", "ExportRecord", "cached_exp
            "make_backend", "BACKENDS"]
 
 PathLike = Union[str, Path]
-BACKENDS = ("onnxruntime", "torch", "om")
+BACKENDS = ("onnxruntime", "onnxruntime-int8", "torch", "om")
 PRUNE_AFTER_S = 14 * 24 * 3600  # cache entries unused this long are removed
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -175,9 +175,13 @@ def cached_onnx(cfg: M2DetConfig, weights: Optional[PathLike] = None, batch: Opt
 
 def make_backend(kind: str, cfg: M2DetConfig, *, weights: Optional[PathLike] = None,
                  onnx_path: Optional[PathLike] = None, om_path: Optional[PathLike] = None,
-                 device_id: int = 0, threads: Optional[int] = None, log=None):
+                 device_id: int = 0, threads: Optional[int] = None, log=None,
+                 calib: Optional[PathLike] = None, calib_images: Optional[int] = None):
     """Build the backend a run asked for. ``onnxruntime`` uses ``onnx_path`` or a
-    cached export of ``weights``; ``om`` needs ``om_path`` and an Ascend runtime."""
+    cached export of ``weights``; ``onnxruntime-int8`` uses ``onnx_path`` (a QDQ
+    model) or the cached int8 model of ``weights`` calibrated on ``calib_images``
+    images of ``calib`` (:func:`m2det_impl.quantize.cached_int8`); ``om`` needs
+    ``om_path`` and an Ascend runtime."""
     from . import backends
 
     if kind == "torch":
@@ -189,6 +193,16 @@ def make_backend(kind: str, cfg: M2DetConfig, *, weights: Optional[PathLike] = N
     if kind == "onnxruntime":
         path = Path(onnx_path) if onnx_path else cached_onnx(cfg, weights, log=log)
         return backends.OnnxRuntimeBackend(path, threads=threads)
+    if kind == "onnxruntime-int8":
+        from .quantize import DEFAULT_CALIBRATION_IMAGES, cached_int8, check_int8_model
+
+        if onnx_path:
+            path = check_int8_model(onnx_path)
+        else:
+            path = cached_int8(cfg, weights, calib, calib_images or DEFAULT_CALIBRATION_IMAGES, log=log).path
+        backend = backends.OnnxRuntimeBackend(path, threads=threads)
+        backend.name = "onnxruntime-int8"
+        return backend
     if kind == "om":
         if om_path is None:
             raise ValueError("the om backend needs an .om model: give --om PATH")

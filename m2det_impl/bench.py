@@ -17,7 +17,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -25,7 +25,8 @@ from .config import M2DetConfig
 from .io_utils import atomic_write_json, atomic_write_text
 from .published import PUBLISHED_THROUGHPUT
 
-__all__ = ["machine_info", "measure_inference", "measure_host", "measure_end_to_end", "run_bench", "bench_markdown"]
+__all__ = ["machine_info", "measure_inference", "measure_side_by_side", "measure_host", "measure_end_to_end", "run_bench",
+           "bench_markdown"]
 
 
 def machine_info() -> Dict[str, object]:
@@ -139,6 +140,16 @@ def bench_markdown(data: Dict[str, object]) -> str:
             + (f"{e['images_per_second']:.3f} | {e['images_per_second'] / row['images_per_second']:.1%}" if e else "- | -")
             + f" | {PUBLISHED_THROUGHPUT['310P3'].get(b, '-')} | {PUBLISHED_THROUGHPUT['T4'].get(b, '-')} |"
         )
+    versus = data.get("versus")
+    if versus:
+        lines += ["", f"Side by side, pure inference, repeats alternating: **{versus['backend']}** against "
+                      f"{data['backend']}", "",
+                  f"| batch | {data['backend']} img/s | {versus['backend']} img/s | speed ratio |", "|---|---|---|---|"]
+        mine = {row["batch_size"]: row for row in data["inference"]}
+        for row in versus["inference"]:
+            b = row["batch_size"]
+            lines.append(f"| {b} | {mine[b]['images_per_second']:.3f} | {row['images_per_second']:.3f} | "
+                         f"**{versus['speed_ratio'][str(b)]:.2f}x** |")
     host = data.get("host")
     if host:
         lines += ["", f"Host side (decode + preprocess + post-process, no backend): "
@@ -147,9 +158,37 @@ def bench_markdown(data: Dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def measure_side_by_side(backends: Dict[str, object], tensors: Sequence[np.ndarray], batch_size: int,
+                         warmup: int = 1, repeats: int = 3) -> Dict[str, Dict[str, float]]:
+    """Pure inference of several backends at one batch size, their repeats
+    alternating (A, B, A, B, ...) so that both see the same machine load; a
+    speed ratio between runs made minutes apart on a shared machine says more
+    about the machine than about the backends."""
+    picks = [tensors[i % len(tensors)] for i in range(batch_size)]
+    batch = np.stack(picks)
+    for backend in backends.values():
+        for _ in range(warmup):
+            backend.infer(batch)
+    times: Dict[str, List[float]] = {name: [] for name in backends}
+    for _ in range(repeats):
+        for name, backend in backends.items():
+            start = time.perf_counter()
+            backend.infer(batch)
+            times[name].append(time.perf_counter() - start)
+    out = {}
+    for name, t in times.items():
+        median = statistics.median(t)
+        out[name] = {"batch_size": batch_size, "median_s_per_batch": median, "images_per_second": batch_size / median,
+                     "repeats": repeats, "times_s": t}
+    return out
+
+
 def run_bench(args, cfg: M2DetConfig, backend_factory: Callable[[], object],
-              log: Callable[[str], None] = print) -> int:
-    """``m2det bench``: measure, write bench.json and bench.md, print the table."""
+              log: Callable[[str], None] = print, versus_factory: Optional[Callable[[], object]] = None) -> int:
+    """``m2det bench``: measure, write bench.json and bench.md, print the table.
+
+    With ``versus_factory`` a second backend's pure inference is measured side
+    by side with the first (alternating repeats) and the speed ratio reported."""
     from .cli import _category_ids, _resolve_dataset
     from .preprocess import load_and_preprocess
 
@@ -157,13 +196,30 @@ def run_bench(args, cfg: M2DetConfig, backend_factory: Callable[[], object],
     category_ids = _category_ids(annotations) if annotations else list(range(1, cfg.num_classes))
     tensors = [load_and_preprocess(r.path, cfg)[0] for r in records[: max(args.batch_sizes)]]
     backend = backend_factory()
+    versus = None
     try:
+        versus = versus_factory() if versus_factory is not None else None
         data: Dict[str, object] = {"backend": getattr(backend, "name", args.backend), "size": cfg.size,
                                    "machine": machine_info(), "warmup": args.warmup, "repeats": args.repeats,
                                    "inference": [], "end_to_end": []}
         for b in args.batch_sizes:
-            log(f"pure inference, batch {b} ...")
-            data["inference"].append(measure_inference(backend, tensors, b, args.warmup, args.repeats))
+            if versus is None:
+                log(f"pure inference, batch {b} ...")
+                data["inference"].append(measure_inference(backend, tensors, b, args.warmup, args.repeats))
+            else:
+                names = (data["backend"], getattr(versus, "name", "versus"))
+                if names[0] == names[1]:
+                    names = (names[0], names[1] + " (versus)")
+                log(f"pure inference, batch {b}: {names[0]} and {names[1]} side by side ...")
+                rows = measure_side_by_side(dict(zip(names, (backend, versus))), tensors, b, args.warmup,
+                                            args.repeats)
+                data["inference"].append(rows[names[0]])
+                side = data.setdefault("versus", {"backend": names[1], "model": getattr(versus, "source", None),
+                                                  "inference": [], "speed_ratio": {}})
+                side["inference"].append(rows[names[1]])
+                side["speed_ratio"][str(b)] = rows[names[0]]["median_s_per_batch"] / rows[names[1]]["median_s_per_batch"]
+                log(f"batch {b}: {names[1]} {rows[names[1]]['images_per_second']:.3f} img/s, {names[0]} "
+                    f"{rows[names[0]]['images_per_second']:.3f} img/s: {side['speed_ratio'][str(b)]:.2f}x")
         if not args.no_end_to_end:
             for b in args.batch_sizes:
                 log(f"end to end over {len(records)} images, batch {b} ...")
@@ -185,6 +241,8 @@ def run_bench(args, cfg: M2DetConfig, backend_factory: Callable[[], object],
         data["host"]["outputs"] = source
     finally:
         backend.close()
+        if versus is not None:
+            versus.close()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "bench.json", data, indent=2)

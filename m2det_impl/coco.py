@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,8 @@ def _read_json(path: PathLike, what: str) -> Any:
             return json.load(handle)
     except json.JSONDecodeError as exc:
         raise InputFileError(path, f"{what} is not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise InputFileError(path, f"{what} is nested too deeply to be COCO JSON") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputFileError(path, f"cannot read {what} ({exc})") from exc
 
@@ -115,10 +118,84 @@ def load_annotations(path: PathLike) -> "COCO":
         raise InputFileError(
             path, f"not a COCO instances file: missing {', '.join(repr(k) for k in missing)}"
         )
+    problem = _instances_problem(data)
+    if problem:
+        raise InputFileError(path, f"malformed COCO annotations: {problem}")
     try:
         return _quiet_coco(data)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InputFileError(path, f"malformed COCO annotations ({exc!r})") from exc
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_box(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 4 and all(_is_number(v) for v in value)
+
+
+def _instances_problem(data: Dict[str, Any]) -> Optional[str]:
+    """What pycocotools' bbox evaluation would trip over, in words, or None.
+
+    pycocotools checks nothing and fails deep inside (a KeyError on 'area', a
+    TypeError sorting mixed ids), so the fields it uses are checked here.
+    """
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data[key], list):
+            return f"'{key}' is not a list"
+    seen: set = set()
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or not _is_int(image.get("id")):
+            return f"images[{i}] has no integer 'id'"
+        if image["id"] in seen:
+            return f"images[{i}]: image id {image['id']} appears twice"
+        seen.add(image["id"])
+    cats: set = set()
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+            return f"categories[{i}] has no integer 'id'"
+        if cat["id"] in cats:
+            return f"categories[{i}]: category id {cat['id']} appears twice"
+        cats.add(cat["id"])
+    ann_ids: set = set()
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            return f"annotations[{i}] is not an object"
+        for key in ("id", "image_id", "category_id"):
+            if not _is_int(ann.get(key)):
+                return f"annotations[{i}] has no integer '{key}'"
+        if ann["id"] in ann_ids:
+            return f"annotations[{i}]: annotation id {ann['id']} appears twice"
+        ann_ids.add(ann["id"])
+        if not _is_box(ann.get("bbox")):
+            return f"annotations[{i}] 'bbox' is not [x, y, width, height] of finite numbers"
+        if not _is_number(ann.get("area")):
+            return f"annotations[{i}] has no finite number 'area'"
+        if ann.get("iscrowd") not in (0, 1) or isinstance(ann.get("iscrowd"), float):
+            return f"annotations[{i}] 'iscrowd' is not 0 or 1"
+    return None
+
+
+def _results_problem(results: Sequence[Any]) -> Optional[str]:
+    """What COCOeval would trip over in a results list, in words, or None."""
+    for i, r in enumerate(results):
+        if not isinstance(r, dict):
+            return f"result {i} is not an object"
+        for key in ("image_id", "category_id"):
+            if not _is_int(r.get(key)):
+                return f"result {i} has no integer '{key}'"
+        if not _is_box(r.get("bbox")):
+            return f"result {i} 'bbox' is not [x, y, width, height] of finite numbers"
+        if not _is_number(r.get("score")):
+            return f"result {i} has no finite number 'score'"
+    return None
 
 
 def category_ids(coco: "COCO") -> List[int]:
@@ -194,17 +271,17 @@ def _empty_results(gt: "COCO") -> "COCO":
     )
 
 
-def _check_result_images(results: List[Dict[str, Any]], gt: "COCO") -> None:
-    known = set(gt.getImgIds())
-    try:
-        unknown = {r["image_id"] for r in results} - known
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"each result needs an 'image_id' ({exc!r})") from None
-    if unknown:
-        sample = sorted(unknown)[:5]
-        raise ValueError(
-            f"{len(unknown)} result image id(s) are not in the annotations, e.g. {sample}"
-        )
+def _check_result_images(results: List[Dict[str, Any]], gt: "COCO", source: Optional[PathLike] = None) -> None:
+    problem = _results_problem(results)
+    if problem is None:
+        unknown = {r["image_id"] for r in results} - set(gt.getImgIds())
+        if unknown:
+            problem = (f"{len(unknown)} result image id(s) are not in the annotations, "
+                       f"e.g. {sorted(unknown)[:5]}")
+    if problem is not None:
+        if source is not None:
+            raise InputFileError(source, problem)
+        raise ValueError(problem)
 
 
 def evaluate(
@@ -227,10 +304,14 @@ def evaluate(
     from pycocotools.cocoeval import COCOeval
 
     gt = load_annotations(annotations) if isinstance(annotations, (str, os.PathLike)) else annotations
+    source = None
     if isinstance(results, (str, os.PathLike)):
+        source = results
         results = load_results(results)
+    if not isinstance(results, (list, tuple)):
+        results = list(results)
+    _check_result_images(results, gt, source)
     results = [dict(r) for r in results]  # loadRes adds keys to the dicts it gets
-    _check_result_images(results, gt)
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         dt = gt.loadRes(results) if results else _empty_results(gt)

@@ -78,7 +78,7 @@ def _load_json(path: Path) -> dict:
         raise InputFileError(path, "annotation file not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InputFileError(path, f"not a readable JSON annotation file ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise InputFileError(path, "not a COCO annotation file (no 'images' list)")
@@ -91,18 +91,28 @@ def coco_records(annotation_file: PathLike, image_dir: PathLike) -> List[ImageRe
     image_dir = Path(image_dir)
     data = _load_json(annotation_file)
     records = []
+    seen: Dict[int, int] = {}
     for i, entry in enumerate(data["images"]):
-        try:
-            records.append(ImageRecord(int(entry["id"]), image_dir / str(entry["file_name"]),
-                                       int(entry["width"]), int(entry["height"])))
-        except (KeyError, TypeError, ValueError):
-            raise InputFileError(annotation_file, f"images[{i}] lacks a valid id, file_name, width or height") from None
+        if not (isinstance(entry, dict) and _is_int(entry.get("id")) and _is_int(entry.get("width"))
+                and _is_int(entry.get("height")) and isinstance(entry.get("file_name"), str)
+                and entry["file_name"].strip() and "\0" not in entry["file_name"]
+                and entry["width"] > 0 and entry["height"] > 0):
+            raise InputFileError(annotation_file, f"images[{i}] lacks a valid id, file_name, width or height")
+        if entry["id"] in seen:
+            raise InputFileError(annotation_file, f"images[{i}]: image id {entry['id']} appears twice "
+                                                  f"(also images[{seen[entry['id']]}])")
+        seen[entry["id"]] = i
+        records.append(ImageRecord(entry["id"], image_dir / entry["file_name"], entry["width"], entry["height"]))
     if not records:
         raise InputFileError(annotation_file, "holds no images")
     return sorted(records, key=lambda r: r.image_id)
 
 
 _TRAILING_DIGITS = re.compile(r"(\d+)$")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def annotation_images(annotation_file: PathLike) -> Dict[str, ImageRecord]:

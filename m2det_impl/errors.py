@@ -16,6 +16,7 @@ __all__ = [
     "CheckpointError",
     "BackendUnavailableError",
     "ModelOutputError",
+    "OutputFileError",
 ]
 
 PathLike = Union[str, Path]
@@ -44,3 +45,17 @@ class BackendUnavailableError(M2DetError, RuntimeError):
 
 class ModelOutputError(M2DetError, ValueError):
     """A model whose outputs are not the (scores, loc) pair this pipeline expects."""
+
+
+class OutputFileError(M2DetError, OSError):
+    """A file or folder that cannot be written (full disk, no permission, a
+    path through a regular file). Also an ``OSError``, with the cause's errno."""
+
+    def __init__(self, path: Optional[PathLike], problem: str, errno: Optional[int] = None):
+        self.path = None if path is None else Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}" if path is not None else problem)
+        self.errno = errno
+
+    def __reduce__(self):
+        return type(self), (self.path, self.problem, self.errno)

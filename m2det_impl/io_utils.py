@@ -17,7 +17,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .errors import InputFileError
+from .errors import InputFileError, OutputFileError
 
 __all__ = [
     "atomic_write_bytes",
@@ -57,7 +57,10 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     folder = target.parent
     if not folder.is_dir():
         raise InputFileError(target, f"cannot write: folder {folder} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise _write_error(target, exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -65,14 +68,23 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
             os.fsync(handle.fileno())
         os.chmod(tmp_name, _umask_mode())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp_name)
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(exc, OSError) and not isinstance(exc, OutputFileError):
+            raise _write_error(target, exc) from exc
         raise
     _fsync_folder(folder)
     return target
+
+
+def _write_error(target: Path, exc: OSError) -> OutputFileError:
+    """A failed write as one line naming the file (the OS error alone names none)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return OutputFileError(target, f"cannot write ({reason}); the previous content, if any, is unchanged",
+                           exc.errno)
 
 
 def _fsync_folder(folder: Path) -> None:

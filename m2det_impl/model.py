@@ -210,7 +210,8 @@ def _extract_state_dict(obj: object, path: Path) -> Mapping[str, torch.Tensor]:
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "net"):
             inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(torch.is_tensor(v) for v in inner.values()):
+            if isinstance(inner, Mapping) and inner and all(
+                    isinstance(k, str) and torch.is_tensor(v) for k, v in inner.items()):
                 return inner
         if obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
             return obj
@@ -269,7 +270,10 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
     ]
     if wrong:
         raise CheckpointError(path, "shape mismatch (another input size or class count?): " + _summarise(wrong, 4))
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # noqa: BLE001 - e.g. a sparse or complex tensor that cannot be copied in
+        raise CheckpointError(path, f"tensors that do not load into this model ({_first_line(exc)})") from None
     return model
 
 

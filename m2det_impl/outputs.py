@@ -11,6 +11,7 @@ have (SPEC section 9).
 from __future__ import annotations
 
 import re
+import stat
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,11 @@ def scan_outputs(folder: PathLike, cfg: M2DetConfig) -> Tuple[List[OutputPair], 
     if not folder.is_dir():
         raise InputFileError(folder, "outputs folder not found")
     groups: Dict[str, List[Path]] = defaultdict(list)
-    for path in sorted(folder.rglob("*.bin")):
+    try:
+        found = sorted(folder.rglob("*.bin"))
+    except OSError as exc:
+        raise InputFileError(folder, f"cannot list the outputs folder ({exc.strerror or exc})") from None
+    for path in found:
         match = _OUTPUT_NAME.match(path.name)
         if match:
             groups[match.group("stem")].append(path)
@@ -100,7 +105,15 @@ def scan_outputs(folder: PathLike, cfg: M2DetConfig) -> Tuple[List[OutputPair], 
         by_kind: Dict[str, List[Path]] = defaultdict(list)
         bad = []
         for path in files:
-            size = path.stat().st_size
+            try:
+                info = path.stat()
+            except OSError as exc:  # a dangling link, a file removed while scanning
+                bad.append(f"{path}: cannot read ({exc.strerror or exc})")
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                bad.append(f"{path}: not a regular file")
+                continue
+            size = info.st_size
             kind = next((k for k, v in sizes.items() if v == size), None)
             if kind is None:
                 bad.append(f"{path}: {size} bytes, expected {describe['scores']} or {describe['loc']} "

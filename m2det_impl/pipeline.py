@@ -10,11 +10,15 @@ slower than it, which ``m2det bench`` measures.
 Every finished image is appended to a partial-results journal (JSON lines,
 flushed and fsynced per batch). A run killed at any point resumes from the
 journal: a half-written last line is dropped and that image done again, so no
-image is lost or counted twice.
+image is lost or counted twice (tests/test_kill_resume.py kills runs with
+SIGKILL to hold this). An append that fails (a full disk) is cut back and
+reported naming the journal; a second process on the same journal is refused
+(an flock), since two writers would interleave lines.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -28,7 +32,7 @@ import numpy as np
 
 from .config import M2DetConfig
 from .dataset import ImageRecord
-from .errors import InputFileError, M2DetError
+from .errors import InputFileError, M2DetError, OutputFileError
 from .preprocess import load_and_preprocess
 from .priors import make_priors
 
@@ -54,18 +58,66 @@ class PartialStore:
     mixed in. Each further line is ``{"image_id": .., "results": [...]}``.
     """
 
-    def __init__(self, path: PathLike, identity: Dict[str, object], fresh: bool = False):
+    def __init__(self, path: PathLike, identity: Dict[str, object], fresh: bool = False, lock: bool = False):
         self.path = Path(path)
         self.identity = dict(identity)
         self.done: Dict[int, list] = {}
         self.skipped: Dict[int, str] = {}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if fresh and self.path.exists():
-            self.path.unlink()
-        if self.path.exists():
-            self._load()
-        else:
-            self._write_header()
+        self._lock_handle = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputFileError(self.path.parent, f"cannot create the output folder ({exc.strerror or exc})",
+                                  exc.errno) from None
+        if lock:
+            self._lock()
+        try:
+            if fresh and self.path.exists():
+                self.path.unlink()
+            if self.path.exists():
+                self._load()
+            else:
+                self._write_header()
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        """Refuse a second process on the same journal: two writers would
+        interleave lines and do every image twice."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            handle = open(lock_path, "a+")
+        except OSError as exc:
+            raise OutputFileError(lock_path, f"cannot create the journal's lock file ({exc.strerror or exc})",
+                                  exc.errno) from None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no lock
+            self._lock_handle = handle
+            return
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                self._lock_handle = handle  # a file system without locks: go on unguarded
+                return
+            handle.close()
+            raise M2DetError(f"{self.path}: another m2det run is writing this journal right now (same output "
+                             "folder and shard); wait for it, or give this run another --out or --shard") from None
+        self._lock_handle = handle
+
+    def close(self) -> None:
+        """Release the journal's lock (the lines are already on disk)."""
+        handle, self._lock_handle = self._lock_handle, None
+        if handle is not None:
+            handle.close()
+
+    def __enter__(self) -> "PartialStore":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def _write_header(self) -> None:
         from .io_utils import atomic_write_text
@@ -73,23 +125,39 @@ class PartialStore:
         atomic_write_text(self.path, json.dumps({"header": self.identity}, sort_keys=True) + "\n")
 
     def _load(self) -> None:
-        raw = self.path.read_bytes()
+        if not self.path.is_file():
+            raise InputFileError(self.path, "expected the partial-results journal, found a folder or a device")
+        try:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            raise InputFileError(self.path, f"cannot read the partial-results journal ({exc.strerror or exc})") from None
         end = raw.rfind(b"\n") + 1
         if end < len(raw):  # a line cut by a kill: drop it, that image is redone
-            with open(self.path, "r+b") as handle:
-                handle.truncate(end)
-                handle.flush()
-                os.fsync(handle.fileno())
-        lines = raw[:end].decode("utf-8").splitlines()
+            try:
+                with open(self.path, "r+b") as handle:
+                    handle.truncate(end)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError as exc:
+                raise OutputFileError(self.path, f"cannot drop the journal's cut last line ({exc.strerror or exc})",
+                                      exc.errno) from None
+        try:
+            lines = raw[:end].decode("utf-8").split("\n")[:-1] if end else []
+        except UnicodeDecodeError as exc:
+            raise InputFileError(self.path, f"not a partial-results journal (not UTF-8 at byte {exc.start}); "
+                                            "use --fresh to start over") from None
         if not lines:
             self._write_header()
             return
         try:
             header = json.loads(lines[0])["header"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            if not isinstance(header, dict):
+                raise TypeError
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError):
             raise InputFileError(self.path, "not a partial-results journal (bad header); remove it or use --fresh") from None
-        if header != json.loads(json.dumps(self.identity, sort_keys=True)):
-            changed = sorted(k for k in set(header) | set(self.identity) if header.get(k) != self.identity.get(k))
+        now = json.loads(json.dumps(self.identity, sort_keys=True))  # tuples as the JSON lists they were
+        if header != now:
+            changed = sorted(k for k in set(header) | set(now) if header.get(k) != now.get(k))
             raise InputFileError(
                 self.path,
                 "partial results from a different run (" + ", ".join(
@@ -99,33 +167,73 @@ class PartialStore:
         for lineno, line in enumerate(lines[1:], 2):
             try:
                 entry = json.loads(line)
-                image_id = int(entry["image_id"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                image_id = entry["image_id"]
+                if isinstance(image_id, bool) or not isinstance(image_id, int):
+                    raise TypeError
+                if "skipped" in entry:
+                    reason = entry["skipped"]
+                    if not isinstance(reason, str):
+                        raise TypeError
+                    self.skipped[image_id] = reason
+                    self.done.pop(image_id, None)
+                else:
+                    results = entry["results"]
+                    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+                        raise TypeError
+                    self.done[image_id] = results
+                    self.skipped.pop(image_id, None)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError):
                 raise InputFileError(self.path, f"line {lineno} is damaged; use --fresh to start over") from None
-            if "skipped" in entry:
-                self.skipped[image_id] = str(entry["skipped"])
-            else:
-                self.done[image_id] = list(entry["results"])
 
     def add(self, entries: Sequence[Tuple[int, Optional[list], Optional[str]]]) -> None:
         """Record finished images: (image_id, results, None) or (image_id, None, reason)."""
         lines = []
         for image_id, results, skipped in entries:
             if skipped is not None:
-                self.skipped[image_id] = skipped
                 lines.append(json.dumps({"image_id": image_id, "skipped": skipped}))
             else:
-                self.done[image_id] = results
                 lines.append(json.dumps({"image_id": image_id, "results": results}))
         if not lines:
             return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        try:
+            _append(self.path, data)
+        except OSError as exc:
+            raise OutputFileError(
+                self.path, f"cannot append to the partial-results journal ({exc.strerror or exc}); the "
+                f"{len(self.finished())} image(s) finished before are kept: fix this and run the same command "
+                "again to resume", exc.errno) from None
+        for image_id, results, skipped in entries:  # recorded only once on disk
+            if skipped is not None:
+                self.skipped[image_id] = skipped
+            else:
+                self.done[image_id] = results
 
     def finished(self) -> set:
         return set(self.done) | set(self.skipped)
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append ``data`` and fsync; on failure (a full disk) cut the file back to
+    where it was, so no half line is left behind where the disk allows it (a
+    half line left anyway, by a kill, is dropped on resume)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, start)
+                os.fsync(fd)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(fd)
 
 
 # -------------------------------------------------------------- streaming
@@ -282,6 +390,43 @@ def write_shard_file(path: PathLike, index: int, count: int, outcome: RunOutcome
     })
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shard_numbers(data) -> Tuple[int, int]:
+    index, count = data["shard"]["index"], data["shard"]["count"]
+    if not (_is_int(index) and _is_int(count)):
+        raise TypeError
+    return index, count
+
+
+def _shard_problem(data: dict, index: int, count: int) -> Optional[str]:
+    """What is wrong with a parsed shard file, or None."""
+    if not (count >= 1 and 0 <= index < count):
+        return f"shard {index}/{count} is not I/N with 0 <= I < N"
+    ids = data.get("image_ids")
+    if not isinstance(ids, list) or not all(_is_int(i) for i in ids):
+        return "'image_ids' is not a list of integers"
+    if len(set(ids)) != len(ids):
+        return "'image_ids' lists an image twice"
+    results = data.get("results")
+    if not isinstance(results, list) or not all(isinstance(r, dict) and _is_int(r.get("image_id")) for r in results):
+        return "'results' is not a list of results with integer image ids"
+    stray = {r["image_id"] for r in results} - set(ids)
+    if stray:
+        return f"results for image(s) the shard does not cover, e.g. {sorted(stray)[0]}"
+    skipped = data.get("skipped", {})
+    if not isinstance(skipped, dict) or not all(isinstance(v, str) for v in skipped.values()):
+        return "'skipped' is not a map of image id to reason"
+    try:
+        if {int(k) for k in skipped} - set(ids):
+            return "'skipped' names images the shard does not cover"
+    except ValueError:
+        return "'skipped' has a key that is not an image id"
+    return None
+
+
 def merge_shard_files(paths: Sequence[PathLike], expected_ids: Optional[Iterable[int]] = None
                       ) -> Tuple[List[dict], List[int], Dict[int, str]]:
     """Combine shard files -> (results, image ids, skipped). Refuses shards of
@@ -292,11 +437,15 @@ def merge_shard_files(paths: Sequence[PathLike], expected_ids: Optional[Iterable
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            shards.append((path, int(data["shard"]["index"]), int(data["shard"]["count"]), data))
+            index, count = _shard_numbers(data)
         except FileNotFoundError:
             raise InputFileError(path, "shard file not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError):
             raise InputFileError(path, "not a shard results file written by m2det run --shard") from None
+        problem = _shard_problem(data, index, count)
+        if problem:
+            raise InputFileError(path, f"damaged shard results file: {problem}")
+        shards.append((path, index, count, data))
     if not shards:
         raise M2DetError("no shard files to merge")
     counts = {count for _, _, count, _ in shards}

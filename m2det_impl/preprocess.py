@@ -64,7 +64,11 @@ def load_image(path: PathLike) -> np.ndarray:
         raise InputFileError(path, f"cannot read image file ({exc.strerror or exc})") from None
     if data.size == 0:
         raise InputFileError(path, "image file is empty (0 bytes)")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # OpenCV refuses some headers (e.g. a size over its pixel limit) by raising
+        message = " ".join(str(exc).split())[-160:]
+        raise InputFileError(path, f"not a decodable image ({data.size} bytes; OpenCV: {message})") from None
     if image is None or image.size == 0:
         raise InputFileError(path, f"not a decodable image ({data.size} bytes; corrupt, truncated or not an image)")
     return image
@@ -126,7 +130,7 @@ def read_bin(path: PathLike, cfg: M2DetConfig) -> np.ndarray:
     path = Path(path)
     expected = bin_nbytes(cfg)
     if not path.is_file():
-        raise InputFileError(path, "input .bin file not found")
+        raise InputFileError(path, "input .bin file not found" if not path.exists() else "expected a .bin file")
     actual = path.stat().st_size
     if actual != expected:
         raise InputFileError(
@@ -134,7 +138,13 @@ def read_bin(path: PathLike, cfg: M2DetConfig) -> np.ndarray:
             f"wrong .bin size: {actual} bytes, expected {expected} "
             f"(float32 1x3x{cfg.size}x{cfg.size})",
         )
-    return np.fromfile(path, dtype=np.float32).reshape(1, 3, cfg.size, cfg.size)
+    try:
+        data = np.fromfile(path, dtype=np.float32)
+    except OSError as exc:
+        raise InputFileError(path, f"cannot read input .bin file ({exc.strerror or exc})") from None
+    if data.size * 4 != expected:  # changed since the size check
+        raise InputFileError(path, f"wrong .bin size: {data.size * 4} bytes, expected {expected}")
+    return data.reshape(1, 3, cfg.size, cfg.size)
 
 
 # --------------------------------------------------------------- info files

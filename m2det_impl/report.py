@@ -122,16 +122,27 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def write_conformance_report(runs: Sequence[Path], output: Optional[Path] = None,
-                             bench: Optional[Path] = None) -> List[Path]:
-    """One report over several run folders (e.g. one per backend or batch size)."""
+                             bench: Optional[Path] = None, compare: Sequence[Path] = ()) -> List[Path]:
+    """One report over several run folders (e.g. one per backend or batch size),
+    with the precision variants of ``m2det compare`` (its compare.json files)."""
     runs = [Path(r) for r in runs]
     summaries = [_read_json(r / "summary.json", "run summary (summary.json)") for r in runs]
+    for r, s in zip(runs, summaries):
+        if not (isinstance(s, dict) and isinstance(s.get("ap"), (int, float)) and not isinstance(s["ap"], bool)
+                and isinstance(s.get("identity", {}), dict)):
+            raise InputFileError(r / "summary.json", "not a run summary written by m2det run (needs a number 'ap')")
     bench_data = _read_json(bench, "bench file") if bench else None
+    variants = [_read_json(Path(c), "comparison (compare.json)") for c in compare]
     out = Path(output) if output else runs[0]
     png = "detections.png" if (out / "detections.png").exists() else None
+    text = _report_markdown(summaries, bench_data, png)
+    if variants:
+        from .variants import section_markdown
+
+        text += "\n# Precision variants (m2det compare)\n\n" + "\n".join(section_markdown(v) for v in variants)
     return [
-        atomic_write_text(out / "report.md", _report_markdown(summaries, bench_data, png)),
-        atomic_write_json(out / "report.json", {"runs": summaries, "bench": bench_data,
+        atomic_write_text(out / "report.md", text),
+        atomic_write_json(out / "report.json", {"runs": summaries, "bench": bench_data, "variants": variants,
                                                 "published": {"ap": PUBLISHED_AP, "throughput": PUBLISHED_THROUGHPUT}},
                           indent=2),
     ]

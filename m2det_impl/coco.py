@@ -141,6 +141,18 @@ def _is_box(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 4 and all(_is_number(v) for v in value)
 
 
+def _unique_ids_problem(entries: Sequence[Any], key: str, what: str) -> Optional[str]:
+    """Every entry of ``data[key]`` is an object with an integer 'id', no id twice."""
+    seen: set = set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not _is_int(entry.get("id")):
+            return f"{key}[{i}] has no integer 'id'"
+        if entry["id"] in seen:
+            return f"{key}[{i}]: {what} id {entry['id']} appears twice"
+        seen.add(entry["id"])
+    return None
+
+
 def _instances_problem(data: Dict[str, Any]) -> Optional[str]:
     """What pycocotools' bbox evaluation would trip over, in words, or None.
 
@@ -150,20 +162,10 @@ def _instances_problem(data: Dict[str, Any]) -> Optional[str]:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data[key], list):
             return f"'{key}' is not a list"
-    seen: set = set()
-    for i, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or not _is_int(image.get("id")):
-            return f"images[{i}] has no integer 'id'"
-        if image["id"] in seen:
-            return f"images[{i}]: image id {image['id']} appears twice"
-        seen.add(image["id"])
-    cats: set = set()
-    for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
-            return f"categories[{i}] has no integer 'id'"
-        if cat["id"] in cats:
-            return f"categories[{i}]: category id {cat['id']} appears twice"
-        cats.add(cat["id"])
+    for key, what in (("images", "image"), ("categories", "category")):
+        problem = _unique_ids_problem(data[key], key, what)
+        if problem:
+            return problem
     ann_ids: set = set()
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):

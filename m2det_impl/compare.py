@@ -14,13 +14,12 @@ post-processing: the fraction of detections matched one to one (same class,
 IoU >= 0.99, score within 1e-3).
 
 Runs can be saved (``save_run``) and compared later without the model
-(``load_run``; ``python -m m2det_impl.compare A.npz B.npz``), so a 310P run can
+(``load_run``; ``m2det compare A.npz B.npz``), so a 310P run can
 be checked against ONNX Runtime outputs frozen on a laptop.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from dataclasses import asdict, dataclass, field
@@ -50,7 +49,6 @@ __all__ = [
     "save_run",
     "load_run",
     "compare_saved",
-    "main",
 ]
 
 DEFAULT_TOLERANCES_FILE = Path(__file__).resolve().parents[1] / "fixtures" / "tolerances.json"
@@ -512,26 +510,3 @@ def compare_saved(a: SavedRun, b: SavedRun, pair: Optional[str] = None, toleranc
             verbose(json.dumps({"image_id": d.image_id, "matched": d.matched, "count_a": d.count_a,
                                 "count_b": d.count_b, "fraction": d.fraction}))
     return tolerances.check(pair, metrics, agreements)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m m2det_impl.compare A.npz B.npz``: compare two saved runs."""
-    parser = argparse.ArgumentParser(prog="python -m m2det_impl.compare", description=main.__doc__)
-    parser.add_argument("candidate", help="saved run (.npz) under test, e.g. the .om's")
-    parser.add_argument("reference", help="saved run (.npz) to hold it to, e.g. ONNX Runtime's")
-    parser.add_argument("--pair", help="tolerance key, default '<candidate backend>/<reference backend>'")
-    parser.add_argument("--tolerances", default=str(DEFAULT_TOLERANCES_FILE))
-    parser.add_argument("--size", type=int, default=512, help="network input size (for the priors)")
-    parser.add_argument("--no-detections", action="store_true", help="raw outputs only")
-    args = parser.parse_args(argv)
-    from .config import get_config
-
-    a, b = load_run(args.candidate), load_run(args.reference)
-    report = compare_saved(a, b, args.pair, Tolerances.load(args.tolerances), not args.no_detections,
-                           get_config(args.size), verbose=print)
-    print(report.message())
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from m2det_impl.cli import main
 from m2det_impl.compare import (
     DEFAULT_TOLERANCES_FILE,
     ToleranceError,
@@ -20,7 +21,6 @@ from m2det_impl.compare import (
     compare_saved,
     detection_agreement,
     load_run,
-    main,
     match_detections,
     output_metrics,
     save_run,
@@ -258,9 +258,9 @@ def test_cli_compares_saved_runs_without_a_model(tmp_path, capsys):
     flipped = scores.copy()
     flipped[1] = flipped[1, ::-1]
     save_run(tmp_path / "c", "bad", flipped, loc, ["a", "b"], [(1, 1), (1, 1)], {"backend": "om"})
-    assert main([str(tmp_path / "b/same.npz"), str(tmp_path / "a/ref.npz"), "--no-detections"]) == 0
+    assert main(["compare", str(tmp_path / "b/same.npz"), str(tmp_path / "a/ref.npz"), "--no-detections"]) == 0
     assert "om/onnxruntime: 8 checks passed" in capsys.readouterr().out  # 2 images x 2 outputs x (cosine, rel_l2)
-    assert main([str(tmp_path / "c/bad.npz"), str(tmp_path / "a/ref.npz"), "--no-detections"]) == 1
+    assert main(["compare", str(tmp_path / "c/bad.npz"), str(tmp_path / "a/ref.npz"), "--no-detections"]) == 1
     out = capsys.readouterr().out
     assert "output 'scores', image 1 (b): cosine" in out
 

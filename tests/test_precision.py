@@ -298,7 +298,7 @@ def test_compare_cli_errors_are_one_line(tmp_path, golden_export, capsys):
 
 
 def test_compare_cli_folds_in_the_saved_run_comparison(tmp_path, capsys):
-    """What python -m m2det_impl.compare does, through m2det compare."""
+    """Two saved runs compared through m2det compare."""
     rng = np.random.default_rng(0)
     scores, loc = rng.random((2, 6, 5)).astype(np.float32), rng.random((2, 6, 4)).astype(np.float32)
     ref = save_run(tmp_path / "a", "ref", scores, loc, ["a", "b"], [(1, 1), (1, 1)], {"backend": "onnxruntime"})

@@ -12,7 +12,6 @@ Three figures per run, each a median over repeats after warm-up:
 
 from __future__ import annotations
 
-import os
 import platform
 import statistics
 import time
@@ -30,18 +29,13 @@ __all__ = ["machine_info", "measure_inference", "measure_side_by_side", "measure
 
 
 def machine_info() -> Dict[str, object]:
-    """What decides the numbers: CPU model and cores, library versions, accelerator."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: Dict[str, object] = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
-                               "python": platform.python_version()}
+    """What decides the numbers: the machine's identity (CPU model, cores, NPU
+    SoC, CANN and driver versions, GPU; :func:`m2det_impl.machine.machine_identity`),
+    plus the architecture under ``machine``, Python and the library versions."""
+    from .machine import machine_identity
+
+    info: Dict[str, object] = dict(machine_identity())
+    info.update({"machine": platform.machine(), "python": platform.python_version()})
     try:
         from .environment import library_versions
 

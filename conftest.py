@@ -79,7 +79,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Known failures per platform (fixtures/known_failures.json): listed tests
     are marked xfail with their reason; stale entries are reported at the end."""
     from m2det_impl.errors import InputFileError
-    from m2det_impl.known_failures import KnownFailuresPlugin
+    from tests.plugins.known_failures import KnownFailuresPlugin
 
     try:
         config.pluginmanager.register(KnownFailuresPlugin(REPO_ROOT), "m2det-known-failures")
@@ -226,7 +226,7 @@ def cuda_provider() -> str:
 # ------------------------------------------------------------ golden model
 @pytest.fixture(scope="session")
 def cfg512():
-    from m2det_impl.config import get_config
+    from m2det_impl.network.config import get_config
 
     return get_config(512)
 
@@ -243,7 +243,7 @@ def golden_forward() -> dict:
 @pytest.fixture(scope="session")
 def golden_model(cfg512):
     """M2Det512 with golden weights (salt 0), eval mode. Shared: do not mutate."""
-    from m2det_impl.model import build_model, golden_fill_
+    from m2det_impl.network.model import build_model, golden_fill_
 
     return golden_fill_(build_model(cfg512), salt=0)
 

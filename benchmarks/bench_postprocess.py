@@ -2,13 +2,13 @@
 
     python benchmarks/bench_postprocess.py [--repeats 200] [--warmup 5]
 
-For each case of fixtures/golden/postprocess_cases.npz: the median (and min,
+For each case of the package's data/postprocess_cases.npz: the median (and min,
 p90) wall time of one ``detect()`` call, single process, after warm-up calls
 (the first call loads or compiles the numba kernels; its time is printed
 separately so that it never leaks into the figures). Each timed output is
 checked against the reference's detections first, so a fast wrong answer
 cannot pass for a result. The reference's own post-processing takes about
-32 ms per image on these cases (SPEC section 10); the project's budget is 4 ms.
+32 ms per image on these cases (reference section 10); the project's budget is 4 ms.
 
 No assertions on time live in the test-suite: timings depend on the machine
 and its load, so they are reported here instead.
@@ -27,11 +27,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from m2det_impl.config import get_config  # noqa: E402
-from m2det_impl.postprocess import detect, warmup  # noqa: E402
-from m2det_impl.priors import make_priors  # noqa: E402
+from m2det_impl.network.config import get_config  # noqa: E402
+from m2det_impl.network.priors import make_priors  # noqa: E402
+from m2det_impl.pipeline.postprocess import detect, warmup  # noqa: E402
+from m2det_impl.resources import POSTPROCESS_CASES_FILE  # noqa: E402
 
-GOLDEN = REPO / "fixtures" / "golden" / "postprocess_cases.npz"
+GOLDEN = POSTPROCESS_CASES_FILE
 
 
 def load_cases(cfg):
@@ -47,7 +48,7 @@ def load_cases(cfg):
 
 
 def check(got, expected):
-    """The tolerances of tests/test_postprocess.py."""
+    """The tolerances of tests/pipeline/test_postprocess.py."""
     ok = (
         got.shape == expected.shape
         and np.array_equal(got[:, 0], expected[:, 0])

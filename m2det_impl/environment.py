@@ -17,33 +17,46 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional
 
-__all__ = ["library_versions", "npu_info", "npu_header_lines", "ascend_home"]
+__all__ = [
+    "distribution_version",
+    "library_versions",
+    "npu_info",
+    "npu_header_lines",
+    "ascend_home",
+]
 
+#: (record key, import name, distribution name) of the libraries that decide the numbers.
 _LIBRARIES = (
-    ("numpy", "numpy"),
-    ("torch", "torch"),
-    ("onnx", "onnx"),
-    ("onnxruntime", "onnxruntime"),
-    ("opencv", "cv2"),
-    ("numba", "numba"),
-    ("pycocotools", "pycocotools"),
+    ("numpy", "numpy", "numpy"),
+    ("torch", "torch", "torch"),
+    ("onnx", "onnx", "onnx"),
+    ("onnxruntime", "onnxruntime", "onnxruntime"),
+    ("opencv", "cv2", "opencv-python-headless"),
+    ("numba", "numba", "numba"),
+    ("pycocotools", "pycocotools", "pycocotools"),
 )
+_RUNTIMES = (("ais_bench", "ais_bench", "ais_bench"), ("aclruntime", "aclruntime", "aclruntime"))
 
 
-def _version(module_name: str) -> Optional[str]:
+def distribution_version(module_name: str, *distributions: str) -> Optional[str]:
+    """The installed version of a library: from package metadata
+    (``importlib.metadata``; pycocotools, aclruntime and ais_bench have no
+    ``__version__``), else the module's ``__version__``; ``None`` when it is
+    not installed, ``"?"`` when it is but says no version."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    names = list(distributions) + list(packages_distributions().get(module_name, []))
+    for name in names:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
     try:
         module = __import__(module_name)
     except Exception:  # noqa: BLE001 - absent or broken is the same here
         return None
-    version = getattr(module, "__version__", None)
-    if version is None and module_name == "pycocotools":
-        try:
-            from importlib.metadata import version as dist_version
-
-            version = dist_version("pycocotools")
-        except Exception:  # noqa: BLE001
-            version = "?"
-    return str(version) if version is not None else "?"
+    found = getattr(module, "__version__", None)
+    return str(found) if found is not None else "?"
 
 
 def library_versions() -> Dict[str, object]:
@@ -58,16 +71,16 @@ def library_versions() -> Dict[str, object]:
         "platform": platform.platform(),
         "machine": platform.machine(),
     }
-    for key, module in _LIBRARIES:
-        info[key] = _version(module)
+    for key, module, dist in _LIBRARIES:
+        info[key] = distribution_version(module, dist)
     try:
         import onnxruntime
 
         info["onnxruntime_providers"] = list(onnxruntime.get_available_providers())
     except Exception:  # noqa: BLE001
         info["onnxruntime_providers"] = []
-    for key, module in (("ais_bench", "ais_bench"), ("aclruntime", "aclruntime")):
-        info[key] = _version(module)
+    for key, module, dist in _RUNTIMES:
+        info[key] = distribution_version(module, dist)
     info["npu"] = npu_info()
     return info
 

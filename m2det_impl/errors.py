@@ -7,11 +7,13 @@ traceback from deep inside numpy or torch.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Union
 
 __all__ = [
     "M2DetError",
+    "UsageError",
     "InputFileError",
     "CheckpointError",
     "BackendUnavailableError",
@@ -19,17 +21,21 @@ __all__ = [
     "OutputFileError",
 ]
 
-PathLike = Union[str, Path]
 
 
 class M2DetError(Exception):
     """Base class: a problem the user can fix, described in one line."""
 
 
+class UsageError(M2DetError, ValueError):
+    """An argument or option value that cannot work (an unknown backend, a
+    shard that is not I/N, a size with no preset): bad input, not a bug."""
+
+
 class InputFileError(M2DetError, ValueError):
     """A file that is missing, unreadable or not what it should be."""
 
-    def __init__(self, path: Optional[PathLike], problem: str):
+    def __init__(self, path: Optional[Union[str, "os.PathLike[str]"]], problem: str):
         self.path = None if path is None else Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}" if path is not None else problem)
@@ -51,7 +57,7 @@ class OutputFileError(M2DetError, OSError):
     """A file or folder that cannot be written (full disk, no permission, a
     path through a regular file). Also an ``OSError``, with the cause's errno."""
 
-    def __init__(self, path: Optional[PathLike], problem: str, errno: Optional[int] = None):
+    def __init__(self, path: Optional[Union[str, "os.PathLike[str]"]], problem: str, errno: Optional[int] = None):
         self.path = None if path is None else Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}" if path is not None else problem)

@@ -15,7 +15,7 @@ whose stream numpy guarantees to stay the same across versions (unlike
 anti-aliasing; JPEGs are written by ``cv2.imencode`` with fixed parameters
 (libjpeg's integer DCT is bit-exact across builds and SIMD paths); the JSON
 has a fixed key order and separators and no dates or versions. Running this
-script twice gives byte-identical files (``tests/test_mini_coco.py`` checks
+script twice gives byte-identical files (``tests/pipeline/test_mini_coco.py`` checks
 it by regenerating into a temporary directory).
 
 Ground truth: each object is drawn on its own mask first; its COCO ``bbox`` is
@@ -49,7 +49,7 @@ FILE_PATTERN = "COCO_val2014_%012d.jpg"
 
 # The 80 COCO 2014/2017 detection categories: (id, name, supercategory), ids
 # 1..90 with the 10 gaps of the official files. ``getCatIds()`` returns them in
-# this (ascending) order, which is the model's class order (SPEC 8).
+# this (ascending) order, which is the model's class order (docs/reference.md 8).
 COCO_CATEGORIES = [
     (1, "person", "person"), (2, "bicycle", "vehicle"), (3, "car", "vehicle"),
     (4, "motorcycle", "vehicle"), (5, "airplane", "vehicle"), (6, "bus", "vehicle"),
@@ -308,7 +308,7 @@ def generate(out_dir: Path, seed: int = SEED) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    default_out = Path(__file__).resolve().parents[1] / "fixtures" / "mini_coco"
+    default_out = Path(__file__).resolve().parents[1] / "m2det_impl" / "data" / "mini_coco"
     parser.add_argument("--out", type=Path, default=default_out, help=f"output folder (default {default_out})")
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ in ``OUT/logs/``:
 3. ``m2det bench``: pure-inference and end-to-end images/s per batch size and
    the host-side images/s, with the machine information;
 4. ``m2det collect`` -> ``OUT/results.json``;
-5. ``m2det regress`` against ``fixtures/baselines/<platform>.json``
+5. ``m2det regress`` against ``m2det_impl/data/baselines/<platform>.json``
    -> the table on stdout, ``OUT/regress.json``, ``OUT/regress.md``;
 6. ``m2det report`` -> ``OUT/report/``.
 
@@ -45,7 +45,9 @@ from typing import Dict, List, Optional, Sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from m2det_impl.machine import current_platform, machine_identity  # noqa: E402
+from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_NOT_GATED, EXIT_OK  # noqa: E402
+from m2det_impl.gating.machine import current_platform, machine_identity  # noqa: E402
+from m2det_impl.resources import BASELINES_DIR, MINI_COCO  # noqa: E402
 
 MARKER = ".m2det-nightly"  # only a folder carrying it is ever wiped
 BUNDLED_IMAGES = 24
@@ -118,8 +120,8 @@ def write_perfect_outputs(annotations: Path, images: int, folder: Path) -> None:
     sys.path.insert(0, str(REPO / "tests"))
     from support import perfect_outputs
 
-    from m2det_impl.config import get_config
-    from m2det_impl.outputs import write_outputs
+    from m2det_impl.network.config import get_config
+    from m2det_impl.pipeline.ais_files import write_outputs
 
     outputs = perfect_outputs(annotations, get_config(512))
     chosen = sorted(outputs.items(), key=lambda item: item[1][2]["id"])[:images]
@@ -146,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--coco-root", help="COCO minival2014 root (default: the bundled mini-COCO set)")
     parser.add_argument("--weights", help="trained checkpoint (default: golden weights; AP is then a fingerprint)")
     parser.add_argument("--baseline", default=os.environ.get("M2DET_BASELINE") or None,
-                        help="baseline file (env M2DET_BASELINE; default fixtures/baselines/<platform>.json)")
+                        help="baseline file (env M2DET_BASELINE; default m2det_impl/data/baselines/<platform>.json)")
     parser.add_argument("--allow-other-machine", action="store_true", help="passed to m2det regress")
     parser.add_argument("--allow-other-workload", action="store_true", help="passed to m2det regress")
     parser.add_argument("--workers", default=os.environ.get("PYTEST_XDIST_WORKERS", "2"), help="pytest -n")
@@ -157,16 +159,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out).resolve()
     prepare(out)
     platform = current_platform()
-    baseline = Path(args.baseline) if args.baseline else REPO / "fixtures" / "baselines" / f"{platform}.json"
+    baseline = Path(args.baseline) if args.baseline else BASELINES_DIR / f"{platform}.json"
     data = ["--coco-root", args.coco_root] if args.coco_root else []
     weights = ["--weights", args.weights] if args.weights else []
     if args.coco_root:
-        from m2det_impl.dataset import default_dataset_paths
+        from m2det_impl.pipeline.dataset import default_dataset_paths
 
         annotations = default_dataset_paths(args.coco_root)[0]
         scope = f"{args.images} images of {args.coco_root}"
     else:
-        annotations = REPO / "fixtures" / "mini_coco" / "annotations" / "instances_minival2014.json"
+        annotations = MINI_COCO / "annotations" / "instances_minival2014.json"
         scope = (f"REDUCED image count on the CPU: {args.images} of the {BUNDLED_IMAGES} bundled mini-COCO images "
                  "(the full workload is 5000 minival2014 images: --coco-root DIR --weights m2det512_vgg.pth "
                  "--images 5000)")
@@ -214,7 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if bench_ok:
         collect += ["--bench", bench_dir / "bench.json"]
     if (out / "saved-runs").is_dir():
-        collect += ["--saved-runs", out / "saved-runs"]
+        collect += ["--saved-runs", out / "saved-runs", "--golden-forward", REPO / "fixtures" / "golden" / "forward_m2det512.npz"]
     for note in notes:
         collect += ["--note", note]
     no_baseline = False
@@ -244,19 +246,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"NIGHTLY: {name:<22} exit {code:<3} {steps.seconds[name]:6.0f} s")
     codes = steps.outcomes
     regress_code = codes.get("regress")
-    broken = [n for n, c in codes.items() if c != 0 and n not in ("suite", "regress")] \
-        or (["regress"] if regress_code not in (None, 0, 1, 3) else []) \
+    # regress: 0 ok, 1 regressed, 4 not gated; anything else (3: a crash) is broken, never "not gated"
+    broken = [n for n, c in codes.items() if c != EXIT_OK and n not in ("suite", "regress")] \
+        or (["regress"] if regress_code not in (None, EXIT_OK, EXIT_GATE_FAILED, EXIT_NOT_GATED) else []) \
         or (["suite"] if codes.get("suite", 0) not in (0, 1) else [])
     if broken:
-        status = 2
-    elif codes.get("suite", 0) == 1 or regress_code == 1:
-        status = 1
-    elif regress_code == 3 or no_baseline:
-        status = 3
+        status = EXIT_INTERNAL
+    elif codes.get("suite", 0) == 1 or regress_code == EXIT_GATE_FAILED:
+        status = EXIT_GATE_FAILED
+    elif regress_code == EXIT_NOT_GATED or no_baseline:
+        status = EXIT_NOT_GATED
     else:
-        status = 0
-    verdict = {0: "PASSED", 1: "FAILED (tests or regression)", 2: f"BROKEN (steps {broken})",
-               3: "NOT GATED (no baseline, or another machine or workload)"}[status]
+        status = EXIT_OK
+    verdict = {EXIT_OK: "PASSED", EXIT_GATE_FAILED: "FAILED (tests or regression)",
+               EXIT_INTERNAL: f"BROKEN (steps {broken})",
+               EXIT_NOT_GATED: "NOT GATED (no baseline, or another machine or workload)"}[status]
     print(f"NIGHTLY: {verdict}; report: {out / 'regress.md'}, {out / 'report'}")
     print("=" * 100)
     return status

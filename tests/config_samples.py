@@ -4,7 +4,7 @@ The layout (``model = dict(...)`` with ``m2det_config`` and ``anchor_config``,
 ``train_cfg``, ``test_cfg``, ``loss``, ``optimizer``, ``dataset``, then an
 ``import os`` and dataset folders built with ``os.path.join``) is that of
 VDIGPKU/M2Det's ``configs/m2det{320,512,704,800}_vgg.py``; the values are the
-SPEC section 1 table. ``{steps}``/``{sizes}``/``{size}`` fill one preset.
+reference section 1 table. ``{steps}``/``{sizes}``/``{size}`` fill one preset.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ home = os.path.expanduser("~")
 COCOroot = os.path.join(home,"data/coco/")
 '''
 
-# SPEC section 1, typed in from the table.
+# reference section 1, typed in from the table.
 PRESETS = {
     320: ([8, 16, 32, 64, 107, 320], [0.08, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]),
     512: ([8, 16, 32, 64, 128, 256], [0.06, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]),

@@ -1,7 +1,7 @@
 """Exported models and saved-run options for the backend tests.
 
 Exporting M2Det512 takes about 15 s and writes about 530 MB, so each ONNX file
-comes from the project's export cache (``m2det_impl.artifacts``: keyed by
+comes from the project's export cache (``m2det_impl.backends.cache``: keyed by
 everything that decides its bytes, file-locked, shared with the CLI) and is
 reused across tests, sessions and pytest-xdist workers. The cache lives outside
 the repository: ``$M2DET_CACHE_DIR`` or ``~/.cache/m2det-conformance``.
@@ -9,7 +9,7 @@ the repository: ``$M2DET_CACHE_DIR`` or ``~/.cache/m2det-conformance``.
 ``--save-outputs DIR`` writes every run that the cross-backend tests compute;
 ``--load-outputs DIR`` reads reference runs from DIR instead of computing them,
 so a 310P host can check its ``.om`` against ONNX Runtime outputs frozen
-elsewhere, and ``tests/test_compare.py`` compares saved runs with no model.
+elsewhere, and ``tests/evaluation/test_compare.py`` compares saved runs with no model.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 # ------------------------------------------------------------------ export cache
-# One cache for the CLI and the suite: m2det_impl.artifacts (keyed, file-locked).
-from m2det_impl.artifacts import ExportRecord, cached_export, weights_tag  # noqa: E402
+# One cache for the CLI and the suite: m2det_impl.backends.cache (keyed, file-locked).
+from m2det_impl.backends.cache import ExportRecord, cached_export  # noqa: E402
+from m2det_impl.network.model import weights_tag  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +72,7 @@ def reference_export(request, cfg512, reference_weights) -> ExportRecord:
     def factory():
         if reference_weights is None:
             return request.getfixturevalue("golden_model")
-        from m2det_impl.model import build_model, load_checkpoint
+        from m2det_impl.network.model import build_model, load_checkpoint
 
         return load_checkpoint(build_model(cfg512), reference_weights)
 
@@ -103,7 +104,7 @@ class RunStore:
         With ``loadable`` (reference runs) and ``--load-outputs``, a saved run
         of the same name is read instead of computed; its image ids must match.
         """
-        from m2det_impl.compare import load_run, save_run
+        from m2det_impl.evaluation.tolerances import load_run, save_run
 
         name = f"{backend}__{images.name}__{weights}"
         if loadable and self.load_dir is not None and (self.load_dir / f"{name}.npz").is_file():
@@ -138,7 +139,7 @@ def coco_images(request, pytestconfig, cfg512) -> ImageSet:
     files: Sequence[Path] = sorted(folder.glob("COCO_val2014_*.jpg"))[: max(1, pytestconfig.getoption("--npu-coco-images"))]
     if not files:
         pytest.skip(f"no COCO_val2014_*.jpg images under {folder}")
-    from m2det_impl.preprocess import load_and_preprocess
+    from m2det_impl.pipeline.preprocess import load_and_preprocess
 
     tensors, sizes = zip(*(load_and_preprocess(f, cfg512) for f in files))
     return ImageSet(f"coco{len(files)}", np.stack(tensors), [f.stem for f in files], list(sizes))

@@ -28,8 +28,8 @@ def _iou_with_priors(box: np.ndarray, priors_xyxy: np.ndarray) -> np.ndarray:
 def perfect_outputs(annotation_file: Path, cfg, score: float = 0.9) -> Dict[str, Tuple[np.ndarray, np.ndarray, dict]]:
     """{file stem: (scores [P, C], loc [P, 4], image entry)} whose decoding gives
     back every ground-truth box of the annotation file with ``score``."""
-    from m2det_impl.postprocess import encode
-    from m2det_impl.priors import make_priors
+    from m2det_impl.network.priors import make_priors
+    from m2det_impl.pipeline.postprocess import encode
 
     data = json.loads(Path(annotation_file).read_text())
     cat_index = {c["id"]: j + 1 for j, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))}

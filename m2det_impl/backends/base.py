@@ -9,14 +9,19 @@ dropped from the outputs, so a caller never sees the model's batch size.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from typing import List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import ModelOutputError
+from m2det_impl.errors import ModelOutputError
 
-__all__ = ["Backend", "Outputs", "check_input_batch"]
+__all__ = [
+    "Backend",
+    "Outputs",
+    "check_input_batch",
+]
 
 Outputs = Tuple[np.ndarray, np.ndarray]
 
@@ -42,6 +47,10 @@ class Backend(ABC):
     """
 
     name: str = "backend"
+    #: What :attr:`execute_times_ms` measures: the runtime's own execute time
+    #: where it keeps one (aclruntime, as ais_bench reports), else the wall clock
+    #: around one runtime call.
+    execute_clock: str = "wall clock around one runtime call"
     static_batch: Optional[int] = None
     input_size: Optional[int] = None
     source: str = ""
@@ -71,7 +80,10 @@ class Backend(ABC):
             if real < step and self.static_batch:  # pad the last partial batch; the padding is dropped below
                 pad = np.zeros((step - real, *chunk.shape[1:]), dtype=chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
-            chunk_scores, chunk_loc = self._check_outputs(*self._run(chunk), chunk.shape[0])
+            started = time.perf_counter()
+            raw = self._run(chunk)
+            self.execute_times_ms.append(self._execute_ms((time.perf_counter() - started) * 1000.0))
+            chunk_scores, chunk_loc = self._check_outputs(*raw, chunk.shape[0])
             scores.append(chunk_scores[:real])
             locs.append(chunk_loc[:real])
         if len(scores) == 1:
@@ -88,6 +100,18 @@ class Backend(ABC):
             raise ModelOutputError(f"{self.source or self.name}: scores have shape {list(scores.shape)}, "
                                    f"expected [{batch}, {loc.shape[1]}, C]")
         return scores.astype(np.float32, copy=False), loc.astype(np.float32, copy=False)
+
+    @property
+    def execute_times_ms(self) -> List[float]:
+        """Milliseconds of model execution per runtime call, in call order (see :attr:`execute_clock`)."""
+        times = self.__dict__.get("_execute_times_ms")
+        if times is None:
+            times = self.__dict__["_execute_times_ms"] = []
+        return times
+
+    def _execute_ms(self, wall_ms: float) -> float:
+        """The execute time of the call just made; a runtime that times itself overrides this."""
+        return wall_ms
 
     @abstractmethod
     def _run(self, chunk: np.ndarray) -> Outputs:

@@ -6,7 +6,7 @@ is created: the package works without them, and without them the error says
 what to install.
 
 Output order is not trusted: ``atc`` orders outputs as the ONNX file did, or
-as ``--out-nodes`` said, and the guide's ONNX names are swapped (SPEC section
+as ``--out-nodes`` said, and the guide's ONNX names are swapped (reference section
 9). Outputs are matched to ``scores``/``loc`` by name (the part after the last
 ``:``, as ``atc`` writes ``node:index:name``) or, failing names, by shape
 (``scores`` ends in the class count, ``loc`` in 4), never by position alone.
@@ -20,10 +20,15 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InputFileError, ModelOutputError
+from m2det_impl.errors import BackendUnavailableError, InputFileError, ModelOutputError, UsageError
+
 from .base import Backend, Outputs
 
-__all__ = ["OmBackend", "map_om_outputs", "INSTALL_HINT"]
+__all__ = [
+    "OmBackend",
+    "map_om_outputs",
+    "INSTALL_HINT",
+]
 
 INSTALL_HINT = (
     "running an .om needs Ascend's Python runtime: install the aclruntime and ais_bench wheels "
@@ -86,7 +91,7 @@ class _AisBenchRunner:
 
 
 class _AclRuntimeRunner:
-    """The lower-level ``aclruntime`` API (SPEC section 9)."""
+    """The lower-level ``aclruntime`` API (reference section 9)."""
 
     kind = "aclruntime"
 
@@ -120,7 +125,7 @@ def _open_runner(path: Path, device_id: int, runtime: Optional[str]):
                 import aclruntime  # type: ignore[import-not-found]
 
                 return _AclRuntimeRunner(aclruntime, path, device_id)
-            raise ValueError(f"unknown Ascend runtime {name!r}: use 'ais_bench' or 'aclruntime'")
+            raise UsageError(f"unknown Ascend runtime {name!r}: use 'ais_bench' or 'aclruntime'")
         except ImportError as exc:
             errors.append(f"{name}: {exc}")
     raise BackendUnavailableError(f"{INSTALL_HINT} ({'; '.join(errors)})")

@@ -14,10 +14,14 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InputFileError, ModelOutputError
+from m2det_impl.errors import BackendUnavailableError, InputFileError, ModelOutputError
+
 from .base import Backend, Outputs
 
-__all__ = ["OnnxRuntimeBackend", "PROVIDER_ALIASES"]
+__all__ = [
+    "OnnxRuntimeBackend",
+    "PROVIDER_ALIASES",
+]
 
 PROVIDER_ALIASES: Dict[str, str] = {
     "cpu": "CPUExecutionProvider",

@@ -6,7 +6,9 @@ import numpy as np
 
 from .base import Backend, Outputs
 
-__all__ = ["TorchBackend"]
+__all__ = [
+    "TorchBackend",
+]
 
 
 class TorchBackend(Backend):

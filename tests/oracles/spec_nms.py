@@ -1,14 +1,14 @@
-"""Plain-Python oracle for SPEC section 7: soft-NMS and the greedy hard NMS.
+"""Plain-Python oracle for reference section 7: soft-NMS and the greedy hard NMS.
 
 Why this exists
 ---------------
 The implementation under test (``m2det_impl.nms``) is vectorised / compiled for
 speed. This module is the opposite: a line-by-line transcription of the
 reference's Cython ``cpu_soft_nms`` and ``cpu_nms`` (VDIGPKU/M2Det
-``utils/nms/cpu_nms.pyx``, as described in SPEC section 7) using Python loops,
+``utils/nms/cpu_nms.pyx``, as described in reference section 7) using Python loops,
 so that it is easy to audit and shares no code with the implementation. It is
 proven bit-exact against ``fixtures/golden/nms_cases.npz`` by
-``tests/test_oracle_self_check.py``.
+``tests/pipeline/test_oracle_self_check.py``.
 
 Float32 emulation
 -----------------
@@ -24,7 +24,7 @@ written without ``_f32`` and rounded only where the C code stores them into a
 ``float`` variable or array element.
 
 The exact rounding points, read off the Cython-generated C of the reference
-(``cpu_nms.c``, Cython 0.25.2) and matching SPEC section 7:
+(``cpu_nms.c``, Cython 0.25.2) and matching reference section 7:
 
 soft-NMS, for the selected row t and a candidate row p::
 
@@ -43,13 +43,13 @@ soft-NMS, for the selected row t and a candidate row p::
 ``sigma``, ``Nt`` and ``threshold`` are C ``float`` parameters, so the Python
 values passed in are first rounded to float32 (0.3 -> 0.30000001192...).
 
-Note on ``iw * ih`` inside ``ua``: SPEC's prose says "the products for the
+Note on ``iw * ih`` inside ``ua``: docs/reference.md's prose says "the products for the
 areas and the union in double", which can be read as computing ``iw * ih`` in
 double there too. The C code multiplies the two ``float`` variables ``iw`` and
 ``ih`` in float (C does not promote float*float) and only then widens the
 product to double for the subtraction. We follow the C code, and the golden
 file decides it: the double-product reading mismatches 6 of the 16 golden
-soft-NMS arrays (``tests/test_oracle_self_check.py`` keeps that mutation as a
+soft-NMS arrays (``tests/pipeline/test_oracle_self_check.py`` keeps that mutation as a
 test, so the sensitivity is on record).
 
 cpu_nms (greedy hard NMS)::
@@ -69,7 +69,7 @@ does (a zero union), instead of inventing a convention.
 "Modern" variants (``plus_one=False``)
 --------------------------------------
 Widths and heights are ``x2 - x1`` instead of ``x2 - x1 + 1`` (the convention of
-ONNX NonMaxSuppression, OpenCV's ``dnn.NMSBoxes`` and torchvision). SPEC does
+ONNX NonMaxSuppression, OpenCV's ``dnn.NMSBoxes`` and torchvision). docs/reference.md does
 not define their rounding; here exactly the same rounding points are kept with
 the ``+ 1`` replaced by ``+ 0``, so the only thing that changes is the
 convention. Tests that compare an implementation's modern variant against this
@@ -93,7 +93,7 @@ __all__ = [
     "canonical_keep",
 ]
 
-#: What the reference pipeline actually runs (SPEC 7): ``cpu_soft_nms(dets, 0.45,
+#: What the reference pipeline actually runs (docs/reference.md 7): ``cpu_soft_nms(dets, 0.45,
 #: method=1)``, i.e. sigma=0.45 (unused by the linear method), Nt=0.3 default,
 #: threshold=0.001 default, linear decay.
 REFERENCE_SOFT_NMS_ARGS = {"sigma": 0.45, "Nt": 0.3, "threshold": 0.001, "method": 1}
@@ -123,7 +123,7 @@ def _rows_f32(dets: np.ndarray | Sequence[Sequence[float]]) -> list[list[float]]
 class SoftNMSTrace:
     """Optional side information from :func:`soft_nms_oracle`.
 
-    ``tied_selections`` counts the selection steps (step 1 of SPEC 7) at which
+    ``tied_selections`` counts the selection steps (step 1 of docs/reference.md 7) at which
     the maximum score was held by more than one remaining row. Only then does
     the output depend on the input order ("the first such position"), so a
     permutation-invariance property must exclude exactly those inputs.
@@ -145,7 +145,7 @@ def soft_nms_oracle(
     trace: SoftNMSTrace | None = None,
     _mutations: frozenset[str] = frozenset(),
 ) -> np.ndarray:
-    """Soft-NMS exactly as the reference's ``cpu_soft_nms`` (SPEC 7).
+    """Soft-NMS exactly as the reference's ``cpu_soft_nms`` (docs/reference.md 7).
 
     Returns the re-scored rows ``[M, 5]`` float32 in output order (the rows
     ``0..N-1`` of the reference's in-place array after the loop). The input is
@@ -279,7 +279,7 @@ def iou_f32(dets: np.ndarray, *, plus_one: bool = True) -> np.ndarray:
 
 
 def cpu_nms_oracle(dets: np.ndarray, thresh: float, *, plus_one: bool = True) -> list[int]:
-    """Greedy hard NMS as the reference's ``cpu_nms`` (SPEC 7, last paragraph).
+    """Greedy hard NMS as the reference's ``cpu_nms`` (docs/reference.md 7, last paragraph).
 
     Returns the kept indices into ``dets`` in output order (descending score).
     Ties in score are ordered by ``scores.argsort()[::-1]``, numpy's default

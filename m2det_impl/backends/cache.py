@@ -1,0 +1,193 @@
+"""The one model cache: ONNX exports and int8 models, keyed, locked, described and pruned.
+
+Exporting M2Det512 takes about 15 s and writes about 530 MB, and quantizing
+it takes minutes, so both are cached under a key of everything that decides
+the file's bytes (for an export: the config, the weights' identity, batch
+mode, opset, torch and onnx versions and the source of the model and the
+exporter) and shared by the CLI and the test suite. Each entry is a folder
+holding the model and ``entry.json`` (what it was made of, how long it took).
+A file lock lets parallel processes (pytest-xdist workers, shards) wait for
+one builder instead of all building; entries unused for 14 days are pruned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+
+from m2det_impl._io import PathLike, atomic_write_json
+from m2det_impl.network.config import M2DetConfig
+from m2det_impl.network.model import load_model, weights_tag
+
+__all__ = [
+    "cache_dir",
+    "file_lock",
+    "CachedFile",
+    "cached_file",
+    "export_key",
+    "cached_export",
+    "cached_onnx",
+]
+
+PRUNE_AFTER_S = 14 * 24 * 3600  # cache entries unused this long are removed
+ENTRY_FILE = "entry.json"  # an entry's description; its presence marks the entry complete
+_NETWORK_DIR = Path(__file__).resolve().parents[1] / "network"
+
+
+def cache_dir() -> Path:
+    """``$M2DET_CACHE_DIR``, else ``$XDG_CACHE_HOME/m2det-conformance``, else ``~/.cache/...``."""
+    env = os.environ.get("M2DET_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "m2det-conformance"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no lock, exports still atomic
+            yield
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    """A cached model: its file, how long building it took when it was made,
+    its size, whether this call reused it, and the entry's description."""
+
+    path: Path
+    seconds: float
+    bytes: int
+    reused: bool
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: The record of an ONNX export (kept under its historical name).
+ExportRecord = CachedFile
+
+
+def key_of(parts: Mapping[str, Any]) -> str:
+    """The cache key of what an entry is made of."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def cached_file(kind: str, parts: Mapping[str, Any], filename: str, build: Callable[[Path], Mapping[str, Any]],
+                log: Optional[Callable[[str], None]] = None, announce: str = "") -> CachedFile:
+    """The file ``filename`` of the cache entry for ``parts`` under ``kind``
+    (``onnx``, ``int8``), built by ``build(path)`` at most once across processes.
+
+    ``build`` writes the file and returns extra facts to record. The entry is
+    described (``entry.json``) only after the file is complete, so a build that
+    dies half way is redone, never reused.
+    """
+    root = cache_dir() / kind
+    folder = root / key_of(parts)
+    path = folder / filename
+    meta = folder / ENTRY_FILE
+    with file_lock(folder / ".lock"):
+        if meta.is_file() and path.is_file():
+            info = json.loads(meta.read_text())
+            os.utime(meta)  # last use, for pruning
+            return CachedFile(path, float(info["seconds"]), path.stat().st_size, True, info)
+        if log is not None and announce:
+            log(announce.format(folder=folder))
+        start = time.perf_counter()
+        extra = dict(build(path) or {})
+        seconds = time.perf_counter() - start
+        info = {**parts, **extra, "seconds": seconds, "bytes": path.stat().st_size}
+        atomic_write_json(meta, info, indent=1)
+    prune(root, folder)
+    return CachedFile(path, seconds, path.stat().st_size, False, info)
+
+
+def _source_digest() -> str:
+    """The code that decides the graph's bytes: a change re-exports."""
+    h = hashlib.sha256()
+    for name in ("model.py", "export.py", "config.py"):
+        h.update((_NETWORK_DIR / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def export_key(cfg: M2DetConfig, weights: str, batch: Optional[int], opset: int) -> Tuple[str, Dict[str, str]]:
+    """(cache key, what it was made of) for one export."""
+    import onnx
+    import torch
+
+    parts = {
+        "config": repr(cfg),
+        "weights": weights,
+        "batch": "dynamic" if batch is None else str(batch),
+        "opset": str(opset),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "sources": _source_digest(),
+    }
+    return key_of(parts), parts
+
+
+def prune(root: Path, keep: Path) -> None:
+    """Remove cache entries unused for PRUNE_AFTER_S, skipping any in use."""
+    now = time.time()
+    for entry in root.glob(f"*/{ENTRY_FILE}"):
+        folder = entry.parent
+        if folder == keep or now - entry.stat().st_mtime < PRUNE_AFTER_S:
+            continue
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover
+            return
+        with open(folder / ".lock", "a+") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def cached_export(cfg: M2DetConfig, weights: Optional[PathLike] = None, batch: Optional[int] = None,
+                  opset: int = 11, salt: int = 0, model_factory: Optional[Callable[[], object]] = None,
+                  log: Optional[Callable[[str], None]] = None) -> CachedFile:
+    """The ONNX export for these settings, made at most once across processes.
+
+    ``model_factory`` supplies the model when an export is needed (default:
+    :func:`load_model`), so a caller holding the model already can lend it.
+    """
+    from m2det_impl.network.export import export_onnx
+
+    _, parts = export_key(cfg, weights_tag(weights, salt), batch, opset)
+
+    def build(path: Path) -> Dict[str, Any]:
+        model = model_factory() if model_factory is not None else load_model(cfg, weights, salt)
+        export_onnx(model, path, cfg, batch=batch, opset=opset)
+        return {}
+
+    record = cached_file("onnx", parts, f"m2det{cfg.size}_{parts['batch']}.onnx", build, log=log,
+                         announce="exporting ONNX once into {folder} (about 15 s and 530 MB; cached for later runs)")
+    if log is not None and not record.reused:
+        log(f"exported in {record.seconds:.1f} s: {record.path}")
+    return record
+
+
+def cached_onnx(cfg: M2DetConfig, weights: Optional[PathLike] = None, batch: Optional[int] = None,
+                opset: int = 11, salt: int = 0, log: Optional[Callable[[str], None]] = None) -> Path:
+    """Path of the cached ONNX export for these settings (see :func:`cached_export`)."""
+    return cached_export(cfg, weights, batch, opset, salt, log=log).path
+
+

@@ -1,0 +1,102 @@
+"""What every ``m2det`` command shares: the dataset and model options, turned into library objects."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List
+
+from m2det_impl.backends.registry import backend_names
+
+__all__ = ["log", "echo", "positive_int", "int_list", "add_dataset_options", "dataset_from", "add_model_options",
+           "add_calibration_options", "model_from", "config_from", "DEFAULT_CALIBRATION_IMAGES"]
+
+DEFAULT_CALIBRATION_IMAGES = 16  # precision.int8.DEFAULT_CALIBRATION_IMAGES (a test holds the two equal)
+
+
+def log(message: str) -> None:
+    """A line on stderr (progress, warnings, failures)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def echo(message: str) -> None:
+    """A line of results on stdout."""
+    print(message, flush=True)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def int_list(text: str) -> List[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_dataset_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("dataset (default: the bundled mini COCO set, 24 synthetic images)")
+    g.add_argument("--coco-root", help="folder with annotations/instances_minival2014.json and val2014/")
+    g.add_argument("--annotations", help="COCO annotation file; replaces --coco-root's (needs --images or "
+                                         "--coco-root for the images it annotates)")
+    g.add_argument("--images", help="image folder; replaces --coco-root's val2014/ (alone: run unscored)")
+    g.add_argument("--limit", type=positive_int, help="only the first N images (by id)")
+
+
+def dataset_from(args):
+    from m2det_impl.pipeline.dataset import resolve_dataset
+
+    return resolve_dataset(args.coco_root, args.annotations, args.images, args.limit)
+
+
+def add_model_options(p: argparse.ArgumentParser, backends: bool = True, batch_help: str = "") -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--size", type=int, help="input size preset: 320, 512, 704, 800 (default 512, or --config's)")
+    g.add_argument("--config", help="the original repository's config file (configs/m2det512_vgg.py); read as "
+                                    "literals only, never run")
+    g.add_argument("--weights", help="trained checkpoint (m2det512_vgg.pth); default: golden weights, AP meaningless")
+    if backends:
+        g.add_argument("--backend", choices=backend_names(), default="onnxruntime",
+                       help="runtime (default onnxruntime); onnxruntime-int8: the static int8 (QDQ) model, "
+                            "quantized once and cached (--calib)")
+        g.add_argument("--onnx", help="ONNX model to run (default: a cached export of --weights)")
+        add_calibration_options(g)
+        g.add_argument("--om", help=".om model for --backend om")
+        g.add_argument("--device-id", type=int, default=0, help="NPU device id (default 0)")
+        g.add_argument("--threads", type=int, help="intra-op threads for onnxruntime/torch (default: all cores)")
+        g.add_argument("--batch-size", type=positive_int, default=1,
+                       help=batch_help or "images per inference call (default 1)")
+
+
+def add_calibration_options(g) -> None:
+    g.add_argument("--calib", metavar="DIR", help="int8 calibration images: a folder of images or a COCO root "
+                                                  "(val2014/ images outside minival when there are enough); "
+                                                  "default: the bundled mini COCO set")
+    g.add_argument("--calib-images", type=positive_int, default=DEFAULT_CALIBRATION_IMAGES,
+                   help=f"how many calibration images, spread evenly over the folder (default "
+                        f"{DEFAULT_CALIBRATION_IMAGES})")
+
+
+def model_from(args, backend: str = ""):
+    from m2det_impl.workflows.models import ModelSpec
+
+    return ModelSpec(backend=backend or getattr(args, "backend", "onnxruntime"), weights=args.weights,
+                     onnx=getattr(args, "onnx", None), om=getattr(args, "om", None),
+                     device_id=getattr(args, "device_id", 0), threads=getattr(args, "threads", None),
+                     calib=getattr(args, "calib", None), calib_images=getattr(args, "calib_images", None))
+
+
+def config_from(args):
+    from m2det_impl.network.config_file import resolve_config
+
+    return resolve_config(getattr(args, "size", None), getattr(args, "config", None), log=log)

@@ -1,0 +1,546 @@
+"""Regression gating: today's figures against a stored baseline.
+
+The third way the suite is used (after the cpu suite and the hardware gates):
+a nightly job that fails when accuracy, output tolerance or speed regress.
+Baselines are data, ``fixtures/baselines/<platform>.json``, each holding the
+figures that gate, the machine, workload and environment that produced them,
+and the one-sided rules they are held to:
+
+- a *higher-is-better* kind (AP, throughput) states ``max_drop`` (absolute)
+  and/or ``max_drop_percent`` (of the baseline): the figure may fall by at most
+  that much, and may rise by any amount;
+- a *lower-is-better* kind (tolerance statistics) states ``max_growth`` and/or
+  ``max_growth_percent``: the statistic may not grow by more (0 = not at all).
+
+Figures are compared only between like and like. The baseline states the
+machine (CPU model, cores, architecture, NPU SoC, CANN and driver versions,
+GPU) and the workload (input size, weights, images, precision) it was measured
+with; when the current results differ in any stated key the comparison warns
+loudly and does not gate (exit 3) unless told to (``--allow-other-machine``,
+``--allow-other-workload``). Library versions are listed when they differ but
+never block: an upgrade that slows the model is exactly what the nightly is
+for.
+
+``--update`` rewrites the baseline from the current results, atomically, and
+only when asked: nothing here ever writes a baseline implicitly.
+
+Exit codes (``m2det regress``): 0 no regression, 1 a figure regressed or is
+missing, 2 bad input, 3 not gated (machine or workload differs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from m2det_impl._io import PathLike, atomic_write_json, atomic_write_text, read_json_object
+from m2det_impl.errors import InputFileError, M2DetError
+from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_NOT_GATED, EXIT_OK
+from m2det_impl.gating.machine import MACHINE_KEYS
+from m2det_impl.resources import BASELINES_DIR
+
+__all__ = [
+    "load_results",
+    "BASELINE_FORMAT",
+    "RESULTS_FORMAT",
+    "BASELINES_DIR",
+    "DEFAULT_RULES",
+    "Rule",
+    "Row",
+    "Mismatch",
+    "Comparison",
+    "load_baseline",
+    "compare",
+    "text_table",
+    "markdown_report",
+    "write_report",
+    "updated_baseline",
+    "run_regress",
+]
+
+BASELINE_FORMAT = "m2det-baseline/1"
+RESULTS_FORMAT = "m2det-results/1"
+EXIT_REGRESSED = EXIT_GATE_FAILED  # a regression is a failed gate
+WORKLOAD_KEYS = ("size", "weights", "dataset", "images", "precision")
+
+#: Rules a baseline created by ``--update`` from nothing starts with (edit them there).
+DEFAULT_RULES: Dict[str, Dict[str, object]] = {
+    "ap": {"max_drop": 0.0, "reason": "the same model on the same images must score the same"},
+    "throughput": {"max_drop_percent": 10.0, "reason": "pure inference images/s: a few percent of run-to-run noise"},
+    "end_to_end": {"max_drop_percent": 15.0, "reason": "files to results images/s: host load adds noise"},
+    "host_throughput": {"max_drop_percent": 15.0, "reason": "decode + preprocess + post-process images/s"},
+    "tolerance": {"max_growth_percent": 0.0, "reason": "output differences between runtimes may not grow"},
+}
+
+
+# ------------------------------------------------------------------ rules
+@dataclass(frozen=True)
+class Rule:
+    """One-sided: ``better`` is ``higher`` or ``lower``; the figure may worsen by
+    at most ``absolute + percent / 100 * |baseline|``."""
+
+    kind: str
+    better: str
+    absolute: float
+    percent: float
+    reason: str
+
+    @classmethod
+    def parse(cls, kind: str, spec: Mapping, source: str) -> "Rule":
+        if not isinstance(spec, Mapping):
+            raise InputFileError(source, f"rule {kind!r} must be an object, got {spec!r}")
+        drop = [k for k in ("max_drop", "max_drop_percent") if k in spec]
+        growth = [k for k in ("max_growth", "max_growth_percent") if k in spec]
+        if bool(drop) == bool(growth):
+            raise InputFileError(source, f"rule {kind!r} needs max_drop[_percent] (higher is better) or "
+                                         f"max_growth[_percent] (lower is better), not both or neither; got {dict(spec)}")
+        if not str(spec.get("reason", "")).strip():
+            raise InputFileError(source, f"rule {kind!r} needs a reason")
+        prefix = "max_drop" if drop else "max_growth"
+        try:
+            absolute = float(spec.get(prefix, 0.0))
+            percent = float(spec.get(prefix + "_percent", 0.0))
+        except (TypeError, ValueError):
+            raise InputFileError(source, f"rule {kind!r}: {prefix} values must be numbers, got {dict(spec)}") from None
+        if absolute < 0 or percent < 0 or not (math.isfinite(absolute) and math.isfinite(percent)):
+            raise InputFileError(source, f"rule {kind!r}: allowances must be finite and >= 0, got {dict(spec)}")
+        return cls(kind, "higher" if drop else "lower", absolute, percent, str(spec["reason"]))
+
+    def allowance(self, baseline: float) -> float:
+        return self.absolute + self.percent / 100.0 * abs(baseline)
+
+    def worsening(self, baseline: float, current: float) -> float:
+        """How much worse ``current`` is than ``baseline`` (negative: better)."""
+        return baseline - current if self.better == "higher" else current - baseline
+
+    def describe(self) -> str:
+        word = "drop" if self.better == "higher" else "growth"
+        parts = ([f"{self.absolute:g}"] if self.absolute or not self.percent else []) + \
+                ([f"{self.percent:g}%"] if self.percent else [])
+        return f"{word} <= " + " + ".join(parts)
+
+
+# ------------------------------------------------------------------ files
+def _figures(data: Mapping, source: str) -> Dict[str, Dict[str, float]]:
+    figures = data.get("figures")
+    if not isinstance(figures, Mapping) or not figures:
+        raise InputFileError(source, "no 'figures' object: {kind: {name: value}}")
+    out: Dict[str, Dict[str, float]] = {}
+    for kind, values in figures.items():
+        if str(kind).startswith("_"):
+            continue
+        if not isinstance(values, Mapping):
+            raise InputFileError(source, f"figures[{kind!r}] must be an object of name: number")
+        out[kind] = {}
+        for name, value in values.items():
+            if str(name).startswith("_"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputFileError(source, f"figure {kind}/{name} must be a number, got {value!r}")
+            out[kind][name] = float(value)
+    return out
+
+
+def _section(data: Mapping, key: str, source: str) -> Dict[str, object]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise InputFileError(source, f"{key!r} must be an object")
+    return dict(value)
+
+
+def load_baseline(path: PathLike) -> dict:
+    """A baseline file, validated: format, figures and one rule per figure kind."""
+    path = Path(path)
+    data = read_json_object(path, "baseline")
+    source = str(path)
+    if data.get("format") != BASELINE_FORMAT:
+        raise InputFileError(path, f"not a baseline: 'format' is {data.get('format')!r}, expected {BASELINE_FORMAT!r}")
+    data["figures"] = _figures(data, source)
+    rules = _section(data, "rules", source)
+    parsed = {k: Rule.parse(k, v, source) for k, v in rules.items() if not str(k).startswith("_")}
+    missing = sorted(set(data["figures"]) - set(parsed))
+    if missing:
+        raise InputFileError(path, f"no rule for figure kind(s) {missing}: add them under 'rules'")
+    data["_rules"] = parsed
+    for key in ("machine", "workload", "environment"):
+        data[key] = _section(data, key, source)
+    return data
+
+
+def load_results(path: PathLike) -> dict:
+    """A current-results file (``m2det collect``), validated."""
+    path = Path(path)
+    data = read_json_object(path, "results file")
+    if data.get("format") != RESULTS_FORMAT:
+        raise InputFileError(path, f"not a results file: 'format' is {data.get('format')!r}, "
+                                   f"expected {RESULTS_FORMAT!r} (write one with m2det collect)")
+    data["figures"] = _figures(data, str(path))
+    for key in ("machine", "workload", "environment"):
+        data[key] = _section(data, key, str(path))
+    return data
+
+
+# ------------------------------------------------------------------ comparison
+@dataclass(frozen=True)
+class Row:
+    """One figure: its values, the change, the allowance and the verdict.
+
+    Verdicts: ``ok``, ``improved`` (better by more than the allowance),
+    ``REGRESSED``, ``MISSING`` (in the baseline, not measured now) and ``new``
+    (measured now, not in the baseline; not gated).
+    """
+
+    kind: str
+    name: str
+    baseline: Optional[float]
+    current: Optional[float]
+    rule: str
+    allowance: Optional[float]
+    verdict: str
+    message: str = ""
+
+    @property
+    def delta(self) -> Optional[float]:
+        if self.baseline is None or self.current is None:
+            return None
+        return self.current - self.baseline
+
+    @property
+    def delta_percent(self) -> Optional[float]:
+        if self.delta is None or self.baseline == 0:
+            return None
+        return 100.0 * self.delta / abs(self.baseline)
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict in ("REGRESSED", "MISSING")
+
+    def as_dict(self) -> dict:
+        """JSON-ready: a non-finite value (JSON has none) becomes its string, ``"nan"``."""
+        d = asdict(self)
+        d.update(delta=self.delta, delta_percent=self.delta_percent)
+        return {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A machine or workload key on which the baseline and the current results differ."""
+
+    section: str
+    key: str
+    baseline: object
+    current: object
+
+
+@dataclass
+class Comparison:
+    baseline_path: str
+    current_path: str
+    platform: str
+    rows: List[Row]
+    mismatches: List[Mismatch]
+    unstated: Dict[str, List[str]]
+    environment_changes: List[Tuple[str, object, object]]
+    allow_other_machine: bool = False
+    allow_other_workload: bool = False
+    notes: Sequence[str] = ()
+
+    @property
+    def blocking(self) -> List[Mismatch]:
+        """Mismatches that stop the gate (those not explicitly allowed)."""
+        allowed = {"machine": self.allow_other_machine, "workload": self.allow_other_workload}
+        return [m for m in self.mismatches if not allowed[m.section]]
+
+    @property
+    def gated(self) -> bool:
+        return not self.blocking
+
+    @property
+    def regressions(self) -> List[Row]:
+        return [r for r in self.rows if r.failed]
+
+    @property
+    def exit_code(self) -> int:
+        if not self.gated:
+            return EXIT_NOT_GATED
+        return EXIT_REGRESSED if self.regressions else EXIT_OK
+
+    @property
+    def status(self) -> str:
+        if not self.gated:
+            return "NOT GATED: " + "; ".join(f"{m.section} {m.key} differs" for m in self.blocking)
+        if self.regressions:
+            return f"REGRESSED: {len(self.regressions)} of {len(self.rows)} figures"
+        return f"passed: {len(self.rows)} figures within their rules"
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return a.strip() == b.strip()
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def _context(baseline: Mapping, current: Mapping) -> Tuple[List[Mismatch], Dict[str, List[str]]]:
+    """Keys the baseline states are compared; keys it leaves out are unknown, not compared."""
+    mismatches, unstated = [], {}
+    for section, keys in (("machine", MACHINE_KEYS), ("workload", WORKLOAD_KEYS)):
+        stated = {k: v for k, v in baseline[section].items() if not str(k).startswith("_")}
+        for key, value in stated.items():
+            now = current[section].get(key)
+            if not _same(value, now):
+                mismatches.append(Mismatch(section, key, value, now))
+        unstated[section] = [k for k in keys if k not in stated]
+    return mismatches, unstated
+
+
+def _environment_changes(baseline: Mapping, current: Mapping) -> List[Tuple[str, object, object]]:
+    before, after = baseline.get("environment", {}), current.get("environment", {})
+    keys = sorted(k for k in set(before) | set(after) if not str(k).startswith("_"))
+    return [(k, before.get(k), after.get(k)) for k in keys
+            if k in before and not _same(before.get(k), after.get(k))]
+
+
+def _fmt(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    if not math.isfinite(value):
+        return str(value)
+    magnitude = abs(value)
+    if 1e-3 <= magnitude < 1e5:
+        return f"{value:.4f}".rstrip("0").rstrip(".") if magnitude < 1 else f"{value:.3f}".rstrip("0").rstrip(".")
+    return f"{value:.3g}"
+
+
+def _row(kind: str, name: str, rule: Optional[Rule], base: Optional[float], now: Optional[float]) -> Row:
+    label = f"{kind} {name}"
+    if base is None:
+        return Row(kind, name, None, now, rule.describe() if rule else "-", None, "new",
+                   f"{label}: new figure {_fmt(now)} (not in the baseline; not gated)")
+    assert rule is not None
+    allowance = rule.allowance(base)
+    if now is None:
+        return Row(kind, name, base, None, rule.describe(), allowance, "MISSING",
+                   f"{label}: MISSING from the current results (baseline {_fmt(base)}); "
+                   "a figure that was dropped on purpose leaves the baseline only through --update")
+    if not math.isfinite(now):
+        return Row(kind, name, base, now, rule.describe(), allowance, "REGRESSED",
+                   f"{label}: {now} is not finite (baseline {_fmt(base)})")
+    worse = rule.worsening(base, now)
+    word = "below" if rule.better == "higher" else "above"
+    pct = f" ({100.0 * abs(now - base) / abs(base):.1f}%)" if base else ""
+    if worse > allowance + 1e-12 * max(1.0, abs(base)):  # float slack: 0.378 - 0.3775 > 0.0005 in binary
+        return Row(kind, name, base, now, rule.describe(), allowance, "REGRESSED",
+                   f"{label}: {_fmt(now)} is {_fmt(abs(now - base))}{pct} {word} the baseline {_fmt(base)}; "
+                   f"allowed {rule.describe()} = {_fmt(allowance)} ({rule.reason})")
+    verdict = "improved" if -worse > allowance else "ok"
+    return Row(kind, name, base, now, rule.describe(), allowance, verdict, "")
+
+
+def compare(baseline: Mapping, current: Mapping, *, baseline_path: str = "baseline", current_path: str = "current",
+            allow_other_machine: bool = False, allow_other_workload: bool = False) -> Comparison:
+    """Every figure of either file, each held to its kind's rule from the baseline."""
+    rules: Dict[str, Rule] = baseline["_rules"]
+    rows: List[Row] = []
+    kinds = list(baseline["figures"]) + [k for k in current["figures"] if k not in baseline["figures"]]
+    for kind in kinds:
+        base, now = baseline["figures"].get(kind, {}), current["figures"].get(kind, {})
+        for name in list(base) + sorted(n for n in now if n not in base):
+            rows.append(_row(kind, name, rules.get(kind), base.get(name), now.get(name)))
+    mismatches, unstated = _context(baseline, current)
+    notes = [str(n) for n in current.get("notes", [])] if isinstance(current.get("notes"), list) else []
+    return Comparison(baseline_path, current_path, str(baseline.get("platform", "?")), rows, mismatches, unstated,
+                      _environment_changes(baseline, current), allow_other_machine, allow_other_workload, notes)
+
+
+# ------------------------------------------------------------------ output
+def _verdict(cmp: Comparison, row: Row) -> str:
+    if cmp.gated or row.verdict == "new":
+        return row.verdict
+    return f"not gated ({row.verdict})"
+
+
+def _delta_text(row: Row) -> str:
+    if row.delta is None:
+        return "-"
+    text = ("+" if row.delta >= 0 else "-") + _fmt(abs(row.delta))
+    if row.delta_percent is not None:
+        text += f" ({row.delta_percent:+.1f}%)"
+    return text
+
+
+def _cells(cmp: Comparison) -> List[List[str]]:
+    return [[r.kind, r.name, _fmt(r.baseline), _fmt(r.current), _delta_text(r), r.rule, _verdict(cmp, r)]
+            for r in cmp.rows]
+
+
+HEADERS = ["kind", "figure", "baseline", "current", "delta", "allowed", "verdict"]
+
+
+def text_table(cmp: Comparison) -> str:
+    """The comparison as an aligned plain-text table (what the nightly log shows)."""
+    cells = [HEADERS] + _cells(cmp)
+    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _banner(cmp: Comparison) -> List[str]:
+    lines = []
+    for m in cmp.mismatches:
+        allowed = m not in cmp.blocking
+        lines.append(f"{m.section} {m.key}: baseline {m.baseline!r}, current {m.current!r}"
+                     + (" (allowed: gated anyway)" if allowed else ""))
+    return lines
+
+
+def markdown_report(cmp: Comparison) -> str:
+    lines = [f"# m2det regress: {cmp.platform}", "",
+             f"- baseline: `{cmp.baseline_path}`", f"- current: `{cmp.current_path}`",
+             f"- result: **{cmp.status}**", ""]
+    if cmp.mismatches:
+        head = ("> **WARNING: measured on another machine or workload; NOTHING WAS GATED.**" if not cmp.gated
+                else "> **WARNING: machine or workload differs; gated anyway as asked.**")
+        lines += [head, ">"] + [f"> - {line}" for line in _banner(cmp)] + [""]
+    for note in cmp.notes:
+        lines.append(f"> {note}")
+    if cmp.notes:
+        lines.append("")
+    lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in _cells(cmp)]
+    failing = [r.message for r in cmp.rows if r.failed or r.verdict == "new"]
+    if failing:
+        lines += ["", "## Details", ""] + [f"- {m}" for m in failing]
+    if cmp.environment_changes:
+        lines += ["", "## Environment changes since the baseline (not gating)", ""]
+        lines += [f"- {k}: {a!r} -> {b!r}" for k, a, b in cmp.environment_changes]
+    unstated = {k: v for k, v in cmp.unstated.items() if v}
+    if unstated:
+        lines += ["", "Not stated by the baseline, so not compared: "
+                  + "; ".join(f"{s} {', '.join(v)}" for s, v in unstated.items())]
+    return "\n".join(lines) + "\n"
+
+
+def report_json(cmp: Comparison) -> dict:
+    return {
+        "baseline": cmp.baseline_path, "current": cmp.current_path, "platform": cmp.platform,
+        "gated": cmp.gated, "status": cmp.status, "exit_code": cmp.exit_code,
+        "mismatches": [asdict(m) for m in cmp.mismatches],
+        "blocking": [asdict(m) for m in cmp.blocking],
+        "unstated": cmp.unstated,
+        "environment_changes": [{"key": k, "baseline": a, "current": b} for k, a, b in cmp.environment_changes],
+        "notes": list(cmp.notes),
+        "rows": [r.as_dict() for r in cmp.rows],
+        "regressions": [r.message for r in cmp.regressions],
+    }
+
+
+def write_report(cmp: Comparison, folder: PathLike) -> Tuple[Path, Path]:
+    """``regress.json`` and ``regress.md`` in ``folder`` (atomically)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return (atomic_write_json(folder / "regress.json", report_json(cmp), indent=2),
+            atomic_write_text(folder / "regress.md", markdown_report(cmp)))
+
+
+# ------------------------------------------------------------------ update
+def updated_baseline(previous: Optional[Mapping], current: Mapping, current_path: str) -> dict:
+    """The baseline ``--update`` writes: the current figures, machine, workload and
+    environment under the previous file's platform, description and rules
+    (:data:`DEFAULT_RULES` for a new file)."""
+    previous = previous or {}
+    rules = previous.get("rules") or {k: v for k, v in DEFAULT_RULES.items() if k in current["figures"]}
+    missing = sorted(set(current["figures"]) - {k for k in rules if not str(k).startswith("_")})
+    if missing:
+        rules = dict(rules)
+        rules.update({k: DEFAULT_RULES[k] for k in missing if k in DEFAULT_RULES})
+        unknown = [k for k in missing if k not in DEFAULT_RULES]
+        if unknown:
+            raise InputFileError(current_path, f"figure kind(s) {unknown} have no rule in the baseline and no default")
+    data = {
+        "format": BASELINE_FORMAT,
+        "platform": previous.get("platform") or current.get("platform"),
+        "description": previous.get("description") or f"measured on {current.get('platform')}",
+        "source": {"by": "m2det regress --update", "from": current_path,
+                   "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "notes": list(current.get("notes", []))},
+        "machine": current["machine"],
+        "workload": current["workload"],
+        "environment": current.get("environment", {}),
+        "rules": rules,
+        "figures": current["figures"],
+    }
+    return data
+
+
+# ------------------------------------------------------------------ command
+def run_regress(baseline_path: PathLike, current_path: PathLike, out: Optional[PathLike] = None, *,
+                allow_other_machine: bool = False, allow_other_workload: bool = False, update: bool = False,
+                log=None) -> int:
+    """``m2det regress``: compare, print the table, write JSON and markdown, gate.
+
+    With ``update`` the baseline is then rewritten from the current results
+    (created if absent) and the exit code is 0: the update is the decision.
+    """
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    baseline_path, current_path = Path(baseline_path), Path(current_path)
+    current = load_results(current_path)
+    if update and not baseline_path.exists():
+        baseline = None
+        log(f"{baseline_path}: no baseline yet; --update creates it from {current_path}")
+    else:
+        baseline = load_baseline(baseline_path)
+    if baseline is not None:
+        cmp = compare(baseline, current, baseline_path=str(baseline_path), current_path=str(current_path),
+                      allow_other_machine=allow_other_machine, allow_other_workload=allow_other_workload)
+        if cmp.mismatches:
+            bar = "!" * 78
+            log(bar)
+            log("!!! WARNING: the current results come from another " +
+                " and ".join(sorted({m.section for m in cmp.mismatches})) + " than the baseline")
+            for line in _banner(cmp):
+                log("!!!   " + line)
+            log("!!! " + ("NOTHING IS GATED: figures from different machines or workloads are not comparable. "
+                          "Pass --allow-other-machine / --allow-other-workload to gate anyway."
+                          if not cmp.gated else "gating anyway, as asked"))
+            log(bar)
+        for note in cmp.notes:
+            print(f"note: {note}")
+        print(text_table(cmp))
+        for row in cmp.rows if cmp.gated else ():
+            if row.failed:
+                print("  " + row.message)
+        if cmp.environment_changes:
+            print("environment changes since the baseline (not gating): "
+                  + ", ".join(f"{k} {a} -> {b}" for k, a, b in cmp.environment_changes))
+        folder = Path(out) if out is not None else current_path.parent
+        json_path, md_path = write_report(cmp, folder)
+        print(f"regress: {cmp.status} -> {json_path}, {md_path}")
+        code = cmp.exit_code
+    else:
+        code = EXIT_OK
+    if update:
+        previous = json.loads(baseline_path.read_text(encoding="utf-8")) if baseline is not None else None
+        data = updated_baseline(previous, current, str(current_path))
+        try:
+            baseline_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(baseline_path, data, indent=2)
+        except OSError as exc:
+            raise M2DetError(f"{baseline_path}: could not write the updated baseline ({exc.strerror or exc}); "
+                             "the previous file is unchanged") from None
+        print(f"baseline UPDATED (deliberately, --update): {baseline_path} now holds "
+              f"{sum(len(v) for v in data['figures'].values())} figures of {current_path}")
+        if baseline is not None:
+            dropped = [f"{r.kind}/{r.name}" for r in cmp.rows if r.verdict == "MISSING"]
+            if dropped:
+                print("dropped from the baseline (not in the current results): " + ", ".join(dropped))
+        return EXIT_OK
+    return code

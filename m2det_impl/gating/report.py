@@ -1,0 +1,191 @@
+"""Conformance reports: what was measured beside what the guide publishes.
+
+Markdown for people, JSON for tools, and a PNG of one image's detections so a
+reader can see at a glance whether the boxes land on objects.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from m2det_impl._io import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_output_folder, read_json
+from m2det_impl.errors import InputFileError
+from m2det_impl.network.config import M2DetConfig
+from m2det_impl.published import PUBLISHED_AP, PUBLISHED_THROUGHPUT
+
+__all__ = [
+    "draw_detections",
+    "write_run_report",
+    "write_conformance_report",
+]
+
+
+GT_COLOUR = (60, 200, 60)  # BGR: green, ground truth
+DET_COLOUR = (0, 140, 255)  # BGR: orange, detections
+BANNER_COLOUR = (40, 40, 200)  # BGR: red, the golden-weights warning
+
+
+def _text(canvas: np.ndarray, text: str, origin, colour, scale: float = 0.45, background=(0, 0, 0)) -> None:
+    """Text on a filled box, so it stays readable on any picture."""
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x, y = int(origin[0]), int(origin[1])
+    cv2.rectangle(canvas, (x, y - h - base), (x + w + 2, y + base), background, -1)
+    cv2.putText(canvas, text, (x + 1, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+
+
+def draw_detections(image_bgr: np.ndarray, results: Sequence[dict], names: Dict[int, str],
+                    ground_truth: Sequence[dict] = (), title: str = "", golden: bool = False,
+                    min_score: float = 0.3, max_boxes: int = 20, max_labels: int = 6) -> np.ndarray:
+    """One image's detections (orange) over its ground truth (green), with a title bar and a legend.
+
+    Only the ``max_boxes`` highest-scoring detections at or above
+    ``min_score`` are drawn and only the ``max_labels`` best are labelled, so
+    the labels stay readable. ``golden`` adds a banner saying that the weights
+    are untrained and the boxes mean nothing.
+    """
+    bar = 22
+    height, width = image_bgr.shape[:2]
+    rows = 3 if golden else 2
+    canvas = np.full((height + bar * rows, max(width, 420), 3), 255, np.uint8)
+    top = bar * (2 if golden else 1)
+    canvas[top:top + height, :width] = image_bgr
+    for g in ground_truth:
+        x, y, w, h = g["bbox"]
+        cv2.rectangle(canvas, (int(round(x)), int(round(y)) + top), (int(round(x + w)), int(round(y + h)) + top),
+                      GT_COLOUR, 3)
+    chosen = sorted((r for r in results if r["score"] >= min_score), key=lambda r: -r["score"])[:max_boxes]
+    for rank, r in enumerate(chosen):
+        x, y, w, h = r["bbox"]
+        p1 = (int(round(x)), int(round(y)) + top)
+        cv2.rectangle(canvas, p1, (int(round(x + w)), int(round(y + h)) + top), DET_COLOUR, 1)
+        if rank < max_labels:
+            label = f"{names.get(r['category_id'], r['category_id'])} {r['score']:.2f}"
+            _text(canvas, label, (max(p1[0], 0), max(p1[1] - 3, top + 12)), (255, 255, 255), background=DET_COLOUR)
+    _text(canvas, title[:90], (4, 15), (255, 255, 255), background=(60, 60, 60))
+    if golden:
+        _text(canvas, "GOLDEN (UNTRAINED) WEIGHTS: the boxes mean nothing; pass --weights for a real model",
+              (4, bar + 15), (255, 255, 255), scale=0.42, background=BANNER_COLOUR)
+    legend = (f"green: ground truth ({len(ground_truth)})   orange: detections, score >= {min_score:.2f} "
+              f"(top {len(chosen)} of {len(results)}, {min(max_labels, len(chosen))} labelled)")
+    _text(canvas, legend, (4, top + height + 15), (0, 0, 0), scale=0.4, background=(255, 255, 255))
+    return canvas
+
+
+def _category_names(annotations: Optional[Path]) -> Dict[int, str]:
+    if annotations is None:
+        return {}
+    data = read_json(annotations, "COCO annotation file")
+    return {int(c["id"]): str(c.get("name", c["id"])) for c in data.get("categories", [])}
+
+
+def _ground_truth(annotations: Optional[Path], image_id: int) -> List[dict]:
+    if annotations is None:
+        return []
+    data = read_json(annotations, "COCO annotation file")
+    return [a for a in data.get("annotations", []) if a.get("image_id") == image_id and "bbox" in a]
+
+
+def _ap_rows(summaries: Sequence[dict]) -> List[str]:
+    rows = ["| backend | batch | images | dataset | AP@[.50:.95] | published (minival2014) | delta | weights |",
+            "|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        ident = s.get("identity", {})
+        golden = s.get("golden_weights", False)
+        rows.append(
+            f"| {ident.get('backend', '?')} | {s.get('batch_size', '?')} | {s.get('num_images', '?')} | "
+            f"{s.get('dataset', '?')} | {s['ap']:.4f} | {PUBLISHED_AP:.3f} | {s['ap'] - PUBLISHED_AP:+.4f} | "
+            f"{'golden (AP meaningless)' if golden else ident.get('weights', '?')} |"
+        )
+    return rows
+
+
+def _report_markdown(summaries: Sequence[dict], bench: Optional[dict], png: Optional[str]) -> str:
+    lines = ["# M2Det conformance report", "",
+             "## Accuracy (COCO AP@[.50:.95])", "", *_ap_rows(summaries), ""]
+    if any(s.get("golden_weights") for s in summaries):
+        lines += ["> **Golden weights**: no trained checkpoint was given. The pipeline ran for real, "
+                  "but the AP says nothing about accuracy. Pass `--weights m2det512_vgg.pth`.", ""]
+    lines += ["## Throughput (images/s)", ""]
+    if bench:
+        from m2det_impl.gating.bench import bench_markdown
+
+        lines += bench_markdown(bench).splitlines()[2:]
+    else:
+        lines += ["Not measured in this report: run `m2det bench` and pass `--bench bench.json`.", "",
+                  "| batch | 310P3 published | T4 published |", "|---|---|---|"]
+        lines += [f"| {b} | {v} | {PUBLISHED_THROUGHPUT['T4'][b]} |" for b, v in PUBLISHED_THROUGHPUT["310P3"].items()]
+    for s in summaries:
+        tol = s.get("tolerances")
+        if tol:
+            lines += ["", "## Output tolerances", "", "```", json.dumps(tol, indent=2), "```"]
+    if png:
+        lines += ["", "## Detections on one image", "", f"![detections]({png})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_run_report(out: Path, summary: dict, cfg: M2DetConfig, records, results: Sequence[dict],
+                     annotations: Optional[Path], bench: Optional[dict] = None) -> List[Path]:
+    """report.md, report.json and detections.png for one run folder."""
+    out = Path(out)
+    png_name = None
+    paths: List[Path] = []
+    if records:
+        from m2det_impl.pipeline.preprocess import load_image
+
+        record = records[0]
+        try:
+            image = load_image(record.path)
+        except InputFileError:
+            image = None
+        if image is not None:
+            mine = [r for r in results if r["image_id"] == record.image_id]
+            golden = bool(summary.get("golden_weights"))
+            backend = (summary.get("identity") or {}).get("backend", "?")
+            title = f"{record.path.name} (image {record.image_id}), {backend}"
+            canvas = draw_detections(image, mine, _category_names(annotations),
+                                     ground_truth=_ground_truth(annotations, record.image_id), title=title,
+                                     golden=golden)
+            ok, encoded = cv2.imencode(".png", canvas)
+            if ok:
+                png_name = "detections.png"
+                paths.append(atomic_write_bytes(out / png_name, encoded.tobytes()))
+    summary = dict(summary)
+    summary.setdefault("size", cfg.size)
+    paths.insert(0, atomic_write_json(out / "report.json", {"runs": [summary], "bench": bench,
+                                                            "published": {"ap": PUBLISHED_AP,
+                                                                          "throughput": PUBLISHED_THROUGHPUT}},
+                                      indent=2))
+    paths.insert(0, atomic_write_text(out / "report.md", _report_markdown([summary], bench, png_name)))
+    return paths
+
+
+def write_conformance_report(runs: Sequence[Path], output: Optional[Path] = None,
+                             bench: Optional[Path] = None, compare: Sequence[Path] = ()) -> List[Path]:
+    """One report over several run folders (e.g. one per backend or batch size),
+    with the precision variants of ``m2det compare`` (its compare.json files)."""
+    runs = [Path(r) for r in runs]
+    out = ensure_output_folder(output if output else runs[0])  # before any reading: fail fast, create it
+    summaries = [read_json(r / "summary.json", "run summary (summary.json)") for r in runs]
+    for r, s in zip(runs, summaries):
+        if not (isinstance(s, dict) and isinstance(s.get("ap"), (int, float)) and not isinstance(s["ap"], bool)
+                and isinstance(s.get("identity", {}), dict)):
+            raise InputFileError(r / "summary.json", "not a run summary written by m2det run (needs a number 'ap')")
+    bench_data = read_json(bench, "bench file") if bench else None
+    variants = [read_json(Path(c), "comparison (compare.json)") for c in compare]
+    png = "detections.png" if (out / "detections.png").exists() else None
+    text = _report_markdown(summaries, bench_data, png)
+    if variants:
+        from m2det_impl.evaluation.variants import section_markdown
+
+        text += "\n# Precision variants (m2det compare)\n\n" + "\n".join(section_markdown(v) for v in variants)
+    return [
+        atomic_write_text(out / "report.md", text),
+        atomic_write_json(out / "report.json", {"runs": summaries, "bench": bench_data, "variants": variants,
+                                                "published": {"ap": PUBLISHED_AP, "throughput": PUBLISHED_THROUGHPUT}},
+                          indent=2),
+    ]

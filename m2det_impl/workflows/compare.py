@@ -1,0 +1,145 @@
+"""``m2det compare``: two saved runs or run folders, or a precision variant (fp16 forecast, int8) against float32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from m2det_impl._io import PathLike, atomic_write_text, ensure_output_folder
+from m2det_impl.errors import UsageError
+from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_OK
+from m2det_impl.gating.gates import max_ap_drop_gate
+from m2det_impl.network.config import M2DetConfig
+from m2det_impl.pipeline.dataset import Dataset
+from m2det_impl.workflows.models import ModelSpec, make_backend
+from m2det_impl.workflows.run import category_ids_for
+
+__all__ = ["compare_two_runs", "compare_precision"]
+
+Echo = Callable[[str], None]
+
+
+def _ap_change(data: dict) -> Optional[float]:
+    ap = data.get("ap") or (data.get("comparison") or {}).get("ap")
+    return None if not ap else ap["change"]
+
+
+def _gate(data: dict, max_ap_drop: Optional[float], echo: Echo, log: Echo) -> int:
+    verdict = max_ap_drop_gate(_ap_change(data), max_ap_drop)
+    if verdict.message:
+        (echo if verdict.passed else log)(verdict.message)
+    return verdict.code
+
+
+def compare_two_runs(candidate: PathLike, reference: PathLike, cfg: M2DetConfig, *, out: Optional[PathLike] = None,
+                     pair: Optional[str] = None, tolerances: Optional[PathLike] = None, detections: bool = True,
+                     max_ap_drop: Optional[float] = None, echo: Echo = print, log: Echo = print) -> int:
+    """Two saved runs (.npz, held to the tolerance file) or two run folders
+    (detections and AP, never speed: two runs made apart are not a paired
+    measurement); returns the exit code."""
+    a, b = Path(candidate), Path(reference)
+    if a.is_dir() or b.is_dir():
+        from m2det_impl.evaluation.variants import compare_result_folders, comparison_markdown, write_comparison
+
+        folder = ensure_output_folder(out) if out else None
+        data = compare_result_folders(a, b).as_dict()
+        echo(comparison_markdown(data).rstrip("\n"))
+        if folder is not None:
+            write_comparison(folder, data, log=log)
+        return _gate(data, max_ap_drop, echo, log)
+    from m2det_impl.evaluation.tolerances import DEFAULT_TOLERANCES_FILE, Tolerances, compare_saved, load_run
+
+    if max_ap_drop is not None:
+        verdict = max_ap_drop_gate(None, max_ap_drop, "saved runs hold raw outputs, not an AP: compare two run "
+                                                      "folders for --max-ap-drop")
+        log(verdict.message)
+        return verdict.code
+    report = compare_saved(load_run(a), load_run(b), pair, Tolerances.load(tolerances or DEFAULT_TOLERANCES_FILE),
+                           detections, cfg, verbose=echo)
+    echo(report.message())
+    return EXIT_OK if report.ok else EXIT_GATE_FAILED
+
+
+def compare_precision(kind: str, dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *,
+                      int8_onnx: Optional[PathLike] = None, precision_mode: str = "force_fp16",
+                      keep_fp32: Optional[Sequence[str]] = None, layers: bool = True, first: int = 5,
+                      max_ap_drop: Optional[float] = None, progress: bool = True,
+                      echo: Echo = print, log: Echo = print) -> int:
+    """``kind="fp16"``: forecast the .om's fp16 drift on the CPU; ``kind="int8"``:
+    the int8 model against float32 ONNX Runtime. Writes compare.json/.md (and
+    keep_dtype.cfg when layers cross Ascend's thresholds); returns the exit code."""
+    from m2det_impl.evaluation.variants import section_markdown, write_comparison
+    from m2det_impl.precision.forecast import keep_dtype_lines
+
+    if kind not in ("fp16", "int8"):
+        raise UsageError(f"unknown precision variant {kind!r}: fp16 or int8")
+    if max_ap_drop is not None and dataset.annotations is None:
+        verdict = max_ap_drop_gate(None, max_ap_drop)
+        log(verdict.message)
+        return verdict.code
+    model.preflight()
+    folder = ensure_output_folder(out)
+    if model.golden:
+        from m2det_impl.workflows.models import GOLDEN_WARNING
+
+        log(GOLDEN_WARNING)
+    categories = category_ids_for(dataset.annotations, cfg) if dataset.annotations else None
+    if kind == "fp16":
+        data = _forecast_fp16(dataset, cfg, model, categories, precision_mode, keep_fp32, layers, first, progress,
+                              log)
+    else:
+        data = _int8_against_fp32(dataset, cfg, model, categories, int8_onnx, progress, log)
+    write_comparison(folder, data, log=log)
+    over = data.get("first_over_threshold") or []
+    if over:
+        cfg_path = atomic_write_text(folder / "keep_dtype.cfg", keep_dtype_lines(d["name"] for d in over))
+        log(f"{cfg_path}: the first layers over the thresholds; build with atc --keep_dtype={cfg_path} to keep "
+            "them in float32, or forecast that first with --keep-fp32 NAME")
+    echo(section_markdown(data).rstrip("\n"))
+    return _gate(data, max_ap_drop, echo, log)
+
+
+def _forecast_fp16(dataset, cfg, model, categories, precision_mode, keep_fp32, layers, first, progress, log) -> dict:
+    from m2det_impl.backends.cache import cached_onnx
+    from m2det_impl.errors import M2DetError
+    from m2det_impl.evaluation.variants import VariantAccumulator
+    from m2det_impl.pipeline.stream import iter_preprocessed
+    from m2det_impl.precision.forecast import forecast_fp16_stream
+
+    onnx = Path(model.onnx) if model.onnx else cached_onnx(cfg, model.weights, log=log)
+    acc = VariantAccumulator("fp16 forecast", "float32", cfg, categories)
+
+    def items():
+        for record, tensor, size, err in iter_preprocessed(dataset.records, cfg):
+            if err is not None:
+                raise M2DetError(err)
+            yield record.image_id, tensor, size
+
+    forecast = forecast_fp16_stream(onnx, items(), cfg, precision_mode, keep_fp32, layers, on_image=acc.add,
+                                    keep_outputs=False, threads=model.threads, progress=progress, log=log,
+                                    total=len(dataset.records))
+    data = forecast.as_dict(first=first)
+    data["comparison"] = acc.finish(dataset.annotations).as_dict()
+    data["model"] = str(onnx)
+    return data
+
+
+def _int8_against_fp32(dataset, cfg, model, categories, int8_onnx, progress, log) -> dict:
+    from m2det_impl.evaluation.variants import compare_backends
+    from m2det_impl.precision.int8 import describe_int8
+
+    reference = make_backend("onnxruntime", cfg, weights=model.weights, onnx_path=model.onnx, threads=model.threads,
+                             log=log)
+    candidate = make_backend("onnxruntime-int8", cfg, weights=model.weights, onnx_path=int8_onnx,
+                             threads=model.threads, log=log, calib=model.calib, calib_images=model.calib_images)
+    try:
+        result = compare_backends(dataset.records, cfg, candidate, reference, dataset.annotations, categories,
+                                  progress=progress, names=("int8", "float32"))
+    finally:
+        candidate.close()
+        reference.close()
+    data = result.as_dict()
+    data["kind"] = "int8"
+    data["int8_model"] = {"path": candidate.source, **describe_int8(candidate.source)}
+    data["float32_model"] = reference.source
+    return data

@@ -1,0 +1,78 @@
+"""``m2det evaluate`` and ``m2det merge``: score what was run elsewhere (an output folder, shard files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from m2det_impl._io import PathLike, atomic_write_json, ensure_output_file
+from m2det_impl.exit_codes import EXIT_OK
+from m2det_impl.gating.gates import min_ap_gate
+from m2det_impl.network.config import M2DetConfig
+
+__all__ = ["evaluate_outputs", "merge_shards"]
+
+Echo = Callable[[str], None]
+
+
+def evaluate_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetConfig, results: PathLike,
+                     summary: PathLike, *, image_info: Optional[PathLike] = None, skip_bad: bool = False,
+                     min_ap: Optional[float] = None, progress: bool = True, echo: Echo = print,
+                     log: Echo = print) -> int:
+    """ais_bench / benchmark output files -> COCO results JSON -> AP; returns the exit code."""
+    from m2det_impl.pipeline.evaluate import results_from_outputs, score_results
+
+    results, summary = ensure_output_file(results), ensure_output_file(summary)  # before any work
+    scored = results_from_outputs(outputs, annotations, cfg, image_info=image_info, skip_bad=skip_bad,
+                                  progress=progress)
+    for stem, reason in scored.skipped.items():
+        log(f"skipped {stem}: {reason}")
+    results_path = atomic_write_json(results, scored.results)
+    echo(f"{scored.outputs_read} images, {len(scored.results)} detections -> {results_path}")
+    data = score_results(annotations, scored.results, scored.image_ids, summary,
+                         extra={"skipped": scored.skipped, "outputs": str(outputs)})
+    echo(data["table"].rstrip("\n"))
+    echo(f"AP@[.50:.95] = {data['ap']:.4f} on {data['dataset']} -> {summary}")
+    verdict = min_ap_gate(data["ap"], min_ap)
+    if verdict.message:
+        (echo if verdict.passed else log)(verdict.message)
+    return verdict.code
+
+
+def merge_shards(shards: Sequence[PathLike], results: PathLike, summary: PathLike, *,
+                 annotations: Optional[PathLike] = None, limit: Optional[int] = None, partial: bool = False,
+                 min_ap: Optional[float] = None, echo: Echo = print, log: Echo = print) -> int:
+    """Combine the shard files of ``m2det run --shard I/N`` (files or folders holding them), check that
+    every image is covered once, and score them; returns the exit code."""
+    from m2det_impl.pipeline.dataset import annotation_images
+    from m2det_impl.pipeline.evaluate import score_results
+    from m2det_impl.pipeline.shards import merge_shard_files
+
+    results, summary = ensure_output_file(results), ensure_output_file(summary)
+    if annotations is None and min_ap is not None:
+        verdict = min_ap_gate(None, min_ap, "no AP can be measured without --annotations")
+        log(verdict.message)
+        return verdict.code
+    files: List[Path] = []
+    for given in shards:
+        path = Path(given)
+        files.extend(sorted(path.glob("results.shard-*-of-*.json")) if path.is_dir() else [path])
+    expected = None
+    if annotations is not None and not partial:
+        expected = [r.image_id for r in annotation_images(annotations).values()]
+        if limit:
+            expected = sorted(expected)[:limit]
+    merged, image_ids, skipped = merge_shard_files(files, expected)
+    results_path = atomic_write_json(results, merged)
+    echo(f"merged {len(files)} shards: {len(image_ids)} images, {len(merged)} detections -> {results_path}")
+    if annotations is None:
+        echo("not scored: give --annotations for an AP")
+        return EXIT_OK
+    data = score_results(annotations, merged, image_ids, summary,
+                         extra={"shards": [str(f) for f in files], "skipped": skipped})
+    echo(data["table"].rstrip("\n"))
+    echo(f"AP@[.50:.95] = {data['ap']:.4f} on {data['dataset']} -> {summary}")
+    verdict = min_ap_gate(data["ap"], min_ap)
+    if verdict.message:
+        (echo if verdict.passed else log)(verdict.message)
+    return verdict.code

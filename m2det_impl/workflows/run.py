@@ -1,0 +1,105 @@
+"""``m2det run``: images -> backend -> detections -> COCO results, AP and a report, resumable and shardable."""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+from m2det_impl._io import PathLike, atomic_write_json, ensure_output_folder
+from m2det_impl.exit_codes import EXIT_OK
+from m2det_impl.gating.gates import min_ap_gate
+from m2det_impl.network.config import M2DetConfig
+from m2det_impl.pipeline.dataset import Dataset
+from m2det_impl.workflows.models import ModelSpec
+
+__all__ = ["run", "category_ids_for"]
+
+Echo = Callable[[str], None]
+
+
+def category_ids_for(annotations: Optional[PathLike], cfg: M2DetConfig) -> List[int]:
+    """The COCO category ids in class order: the annotation file's, else 1..80."""
+    if annotations is None:
+        return list(range(1, cfg.num_classes))
+    from m2det_impl.pipeline.coco import category_ids, load_annotations
+
+    return category_ids(load_annotations(annotations))
+
+
+def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, batch_size: int = 1,
+        shard: Optional[str] = None, fresh: bool = False, skip_bad: bool = False, loader_threads: int = 2,
+        report: bool = True, min_ap: Optional[float] = None, progress: bool = True,
+        echo: Echo = print, log: Echo = print) -> int:
+    """Run ``model`` over ``dataset`` into the folder ``out``; returns the exit code.
+
+    Writes ``results.json`` (or a shard file), and with annotations
+    ``summary.json`` and the report. Every finished image is journaled, so the
+    same call after a kill resumes. ``min_ap`` gates AP@[.50:.95]; it fails,
+    before any work, when the images have no annotations to score them.
+    """
+    from m2det_impl.pipeline.evaluate import score_results
+    from m2det_impl.pipeline.journal import PartialStore
+    from m2det_impl.pipeline.shards import parse_shard, select_shard, shard_results_name, write_shard_file
+    from m2det_impl.pipeline.stream import run_pipeline
+
+    records, annotations = dataset.records, dataset.annotations
+    if annotations is None and min_ap is not None:
+        verdict = min_ap_gate(None, min_ap, "no AP can be measured: these images have no annotations "
+                                            "(give --annotations or --coco-root)")
+        log(verdict.message)
+        return verdict.code
+    model.preflight()
+    parsed = parse_shard(shard) if shard else None
+    if parsed:
+        records = select_shard(records, *parsed)
+    out = ensure_output_folder(out)
+    category_ids = category_ids_for(annotations, cfg)
+    identity = model.identity(cfg)
+    tag = f"shard-{parsed[0]}-of-{parsed[1]}" if parsed else "full"
+    store = PartialStore(out / f".partial.{tag}.jsonl", identity, fresh=fresh, lock=True)
+    try:
+        wanted = {r.image_id for r in records}
+        already = len(store.finished() & wanted)
+        if already:
+            log(f"resuming: {already} of {len(records)} images already done in {store.path}")
+        backend = model.create(cfg, log=log)
+        try:
+            outcome = run_pipeline(records, backend, cfg, category_ids, batch_size=batch_size, store=store,
+                                   skip_bad=skip_bad, loader_threads=loader_threads, progress=progress)
+        finally:
+            backend.close()
+    finally:
+        store.close()
+    for image_id, reason in outcome.skipped.items():
+        log(f"skipped image {image_id}: {reason}")
+    if parsed:
+        path = write_shard_file(out / shard_results_name(*parsed), parsed[0], parsed[1], outcome, identity)
+        echo(f"shard {parsed[0]}/{parsed[1]}: {len(outcome.image_ids)} images, {len(outcome.results)} detections "
+             f"-> {path}\nmerge all shards with: m2det merge {out}/results.shard-*-of-{parsed[1]}.json")
+        return EXIT_OK
+    results_path = atomic_write_json(out / "results.json", outcome.results)
+    done = len(outcome.image_ids) - len(outcome.skipped)  # a skipped image is not done: it scores as a miss
+    skipped = f", {len(outcome.skipped)} skipped" if outcome.skipped else ""
+    echo(f"{done} images ({outcome.resumed} resumed){skipped}, {len(outcome.results)} detections -> {results_path}")
+    if outcome.processed_now:
+        echo(f"throughput this run: {outcome.images_per_second:.2f} images/s end to end "
+             f"(inference alone {outcome.processed_now / max(outcome.infer_seconds, 1e-9):.2f} images/s)")
+    if annotations is None:
+        echo("not scored: these images have no annotations (give --annotations or --coco-root for an AP)")
+        return EXIT_OK
+    summary = score_results(annotations, outcome.results, outcome.image_ids, out / "summary.json",
+                            extra={"identity": identity, "batch_size": batch_size, "skipped": outcome.skipped,
+                                   "golden_weights": model.weights is None, "images_per_second": outcome.images_per_second})
+    echo(summary["table"].rstrip("\n"))
+    echo(f"AP@[.50:.95] = {summary['ap']:.4f} on {summary['dataset']} -> {out / 'summary.json'}")
+    if report:
+        from m2det_impl.gating.report import write_run_report
+
+        paths = write_run_report(out, summary, cfg, records, outcome.results, annotations)
+        echo("report: " + ", ".join(str(p) for p in paths))
+    verdict = min_ap_gate(summary["ap"], min_ap)
+    if verdict.message:
+        (echo if verdict.passed else log)(verdict.message)
+    if model.weights is None:
+        log("NOTE: golden (untrained) weights: the AP above measures the pipeline, not the model; "
+            "pass --weights m2det512_vgg.pth for the real figure")
+    return verdict.code

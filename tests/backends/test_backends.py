@@ -1,0 +1,175 @@
+"""PyTorch and ONNX Runtime (CPU) on the golden weights and images.
+
+Each run is held to ``golden/forward_m2det512.npz`` and to PyTorch, at batch 1
+and batch 3, through the dynamic batch axis and through static exports (batch 1
+fed three images one by one; batch 3). Bounds come from fixtures/tolerances.json.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from m2det_impl.backends import Backend, OnnxRuntimeBackend, TorchBackend
+from m2det_impl.errors import BackendUnavailableError, InputFileError, ModelOutputError
+from m2det_impl.evaluation.agreement import detection_agreement
+from m2det_impl.evaluation.metrics import compare_runs
+from m2det_impl.evaluation.tolerances import Tolerances
+
+pytestmark = pytest.mark.cpu
+
+WEIGHTS = "golden0"
+
+
+@pytest.fixture(scope="session")
+def tolerances() -> Tolerances:
+    return Tolerances.load()
+
+
+@pytest.fixture(scope="session")
+def torch_runs(golden_model, golden_images, run_store):
+    """PyTorch at batch 3 (all golden images) and batch 1 (image 0)."""
+    backend = TorchBackend(golden_model)
+    b3 = run_store.get("torch", golden_images, WEIGHTS, lambda: backend.infer(golden_images.batch))
+    b1 = dict(zip(("scores", "loc"), backend.infer(golden_images.batch[:1])))
+    return {"b3": b3, "b1": b1}
+
+
+@pytest.fixture(scope="session")
+def ort_runs(golden_export, golden_images, run_store):
+    """ONNX Runtime CPU: dynamic export at batch 3 and 1, static exports 1 and 3."""
+    runs = {}
+    with OnnxRuntimeBackend(golden_export(None).path) as dynamic:
+        assert dynamic.static_batch is None
+        runs["dynamic-b3"] = run_store.get("onnxruntime", golden_images, WEIGHTS,
+                                           lambda: dynamic.infer(golden_images.batch))
+        runs["dynamic-b1"] = dict(zip(("scores", "loc"), dynamic.infer(golden_images.batch[:1])))
+    for batch in (1, 3):
+        with OnnxRuntimeBackend(golden_export(batch).path) as static:
+            assert static.static_batch == batch and static.batch_sizes == (batch,)
+            runs[f"static{batch}-b3"] = dict(zip(("scores", "loc"), static.infer(golden_images.batch)))
+    return runs
+
+
+def _golden_view(run, golden_forward, n):
+    """The golden file holds every 8th prior's scores."""
+    gold = {"scores": np.stack([golden_forward[f"scores_{i}"] for i in range(n)]),
+            "loc": np.stack([golden_forward[f"loc_{i}"] for i in range(n)])}
+    return {"scores": run["scores"][:, ::8], "loc": run["loc"]}, gold
+
+
+@pytest.mark.parametrize("run", ["b3", "b1"])
+def test_torch_matches_golden(torch_runs, golden_forward, golden_images, tolerances, run):
+    outputs = torch_runs[run]
+    n = outputs["loc"].shape[0]
+    mine, gold = _golden_view(outputs, golden_forward, n)
+    tolerances.check("torch/golden", compare_runs(mine, gold, golden_images.ids[:n])).raise_if_failed()
+
+
+@pytest.mark.parametrize("run", ["dynamic-b3", "dynamic-b1", "static1-b3", "static3-b3"])
+def test_onnxruntime_matches_golden(ort_runs, golden_forward, golden_images, tolerances, run):
+    outputs = ort_runs[run]
+    n = outputs["loc"].shape[0]
+    mine, gold = _golden_view(outputs, golden_forward, n)
+    tolerances.check("onnxruntime/golden", compare_runs(mine, gold, golden_images.ids[:n])).raise_if_failed()
+
+
+@pytest.mark.parametrize("run,torch_run", [("dynamic-b3", "b3"), ("dynamic-b1", "b1"),
+                                           ("static1-b3", "b3"), ("static3-b3", "b3")])
+def test_onnxruntime_matches_torch(ort_runs, torch_runs, golden_images, tolerances, run, torch_run):
+    a, b = ort_runs[run], torch_runs[torch_run]
+    n = a["loc"].shape[0]
+    assert a["scores"].shape == (n, 32760, 81) and a["loc"].shape == (n, 32760, 4)
+    assert a["scores"].dtype == np.float32 and a["loc"].dtype == np.float32
+    tolerances.check("onnxruntime/torch", compare_runs(a, b, golden_images.ids[:n])).raise_if_failed()
+
+
+def test_torch_batch_1_matches_batch_3(torch_runs, golden_images, tolerances):
+    b3 = {k: v[:1] for k, v in torch_runs["b3"].items()}
+    tolerances.check("torch/torch", compare_runs(torch_runs["b1"], b3, golden_images.ids[:1])).raise_if_failed()
+
+
+def test_onnxruntime_detections_match_torch(ort_runs, torch_runs, golden_images, tolerances, cfg512):
+    agreements = detection_agreement(ort_runs["dynamic-b3"], torch_runs["b3"], golden_images.sizes, cfg512,
+                                     golden_images.ids)
+    # golden weights give ~1600 detections per golden image: the check is not vacuous
+    assert all(a.count_b > 100 for a in agreements)
+    tolerances.check("onnxruntime/torch", agreements=agreements).raise_if_failed()
+
+
+# ------------------------------------------------------------------ adapters
+def _tiny_onnx(path, outputs):
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])
+    nodes = [helper.make_node("Identity", ["image"], [name]) for name in outputs]
+    outs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3, 8, 8]) for name in outputs]
+    model = helper.make_model(helper.make_graph(nodes, "tiny", [x], outs),
+                              opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    onnx.save(model, str(path))
+    return path
+
+
+def test_onnxruntime_rejects_outputs_not_named_scores_and_loc(tmp_path):
+    path = _tiny_onnx(tmp_path / "guide.onnx", ["scores", "boxes"])
+    with pytest.raises(ModelOutputError) as info:
+        OnnxRuntimeBackend(path)
+    assert str(path) in str(info.value) and "boxes" in str(info.value)
+
+
+def test_onnxruntime_missing_file(tmp_path):
+    with pytest.raises(InputFileError, match="not found"):
+        OnnxRuntimeBackend(tmp_path / "none.onnx")
+
+
+def test_onnxruntime_unavailable_provider_says_what_is_missing(tmp_path):
+    path = _tiny_onnx(tmp_path / "m.onnx", ["scores", "loc"])
+    with pytest.raises(BackendUnavailableError, match="NoSuchExecutionProvider"):
+        OnnxRuntimeBackend(path, providers=["NoSuchExecutionProvider"])
+
+
+def test_onnxruntime_cann_alias_names_the_package(tmp_path):
+    import onnxruntime
+
+    if "CANNExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CANN provider")
+    path = _tiny_onnx(tmp_path / "m.onnx", ["scores", "loc"])
+    with pytest.raises(BackendUnavailableError, match="onnxruntime-cann"):
+        OnnxRuntimeBackend(path, providers=["cann"])
+
+
+def test_backends_reject_bad_input(golden_model):
+    backend = TorchBackend(golden_model)
+    with pytest.raises(ValueError, match="float32"):
+        backend.infer(np.zeros((1, 3, 512, 512), np.float64))
+    with pytest.raises(ValueError, match="512x512"):
+        backend.infer(np.zeros((1, 3, 320, 320), np.float32))
+    with pytest.raises(ValueError, match=r"\[B, 3, S, S\]"):
+        backend.infer(np.zeros((3, 512, 512), np.float32))
+
+
+class _Echo(Backend):
+    """A dynamic-batch toy: scores/loc carry each image's first pixel."""
+
+    name = "echo"
+
+    def __init__(self):
+        self.calls = []
+
+    def _run(self, chunk):
+        self.calls.append(len(chunk))
+        first = chunk[:, 0, 0, 0][:, None, None]
+        n = len(chunk)
+        return np.broadcast_to(first, (n, 2, 3)).copy(), np.broadcast_to(first, (n, 2, 4)).copy()
+
+
+def test_max_batch_chunks_a_dynamic_backend_without_padding():
+    images = np.arange(5, dtype=np.float32)[:, None, None, None] * np.ones((1, 3, 2, 2), np.float32)
+    echo = _Echo()
+    scores, loc = echo.infer(images, max_batch=2)
+    assert echo.calls == [2, 2, 1]
+    assert scores[:, 0, 0].tolist() == [0, 1, 2, 3, 4] and loc.shape == (5, 2, 4)
+    assert echo.infer(images)[0].shape == (5, 2, 3) and echo.calls[-1] == 5
+    with pytest.raises(ValueError, match="max_batch"):
+        echo.infer(images, max_batch=0)

@@ -1,0 +1,140 @@
+"""The .om on an Ascend NPU against ONNX Runtime (npu layer).
+
+Skips without an Ascend device, without ``aclruntime``/``ais_bench`` or without
+an ``.om`` (``--om PATH``, repeatable, or ``M2DET_OM``). The ``.om`` must be
+built (``m2det_impl.export.atc_command``) from the weights the reference uses:
+golden weights (salt 0) by default, or the checkpoint given by ``--weights``.
+The ONNX Runtime reference is computed here, or read from ``--load-outputs
+DIR`` (frozen elsewhere with ``--save-outputs DIR``), so the NPU host needs
+neither the model nor much CPU. Bounds: fixtures/tolerances.json,
+``om/onnxruntime@<weights>``: cosine >= 0.999 per output and image, and with
+a trained checkpoint detection agreement >= 0.99. With golden weights the
+agreement is printed, not gated (the file's ``_note`` says why).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from m2det_impl.backends import OmBackend
+from m2det_impl.evaluation.agreement import detection_agreement
+from m2det_impl.evaluation.metrics import compare_runs
+from m2det_impl.evaluation.tolerances import Tolerances
+
+pytestmark = pytest.mark.npu
+
+
+@pytest.fixture(scope="session")
+def ascend_device(npu_runtime, device_id) -> int:
+    if not glob.glob(f"/dev/davinci{device_id}"):
+        pytest.skip(f"no Ascend device /dev/davinci{device_id} (the driver exposes one per NPU)")
+    return device_id
+
+
+@pytest.mark.parametrize("image_set", ["golden_images", "coco_images"])
+def test_om_matches_onnxruntime(request, image_set, om_paths, ascend_device, onnxruntime_reference,
+                                run_store, reference_tag, cfg512):
+    images = request.getfixturevalue(image_set)
+    reference = onnxruntime_reference(images)
+    tolerances = Tolerances.load()
+    pair = f"om/onnxruntime@{reference_tag}"
+    gated = "agreement" in tolerances.bounds(pair, "detections")
+    failures = []
+    for path in om_paths:
+        with OmBackend(path, device_id=ascend_device, num_classes=cfg512.num_classes) as backend:
+            run = run_store.get(f"om-bs{backend.static_batch}", images, reference_tag,
+                                lambda: backend.infer(images.batch))
+        metrics = compare_runs(run, reference, images.ids)
+        agreements = detection_agreement(run, reference, images.sizes, cfg512, images.ids)
+        if gated:
+            assert sum(a.count_b for a in agreements) > 0, "the reference found no detection: the check is vacuous"
+        report = tolerances.check(pair, metrics, agreements)
+        worst = min(m.cosine for m in metrics)
+        print(f"{path.name} on {images.name}: lowest cosine {worst:.6f}, "
+              f"agreement {min(a.fraction for a in agreements):.4f}")
+        if not report.ok:
+            failures.append(f"{path}:\n{report.message()}")
+    assert not failures, "\n".join(failures)
+
+
+# ------------------------------------------------------------------ the fp16 forecast
+def _worst(metrics) -> dict:
+    out: dict = {}
+    for m in metrics:
+        w = out.setdefault(m.output, {"cosine": 1.0, "rel_l2": 0.0, "max_abs": 0.0})
+        w["cosine"] = min(w["cosine"], m.cosine)
+        w["rel_l2"] = max(w["rel_l2"], m.rel_l2)
+        w["max_abs"] = max(w["max_abs"], m.max_abs)
+    return out
+
+
+@pytest.mark.parametrize("image_set", ["golden_images", "coco_images"])
+def test_om_against_the_fp16_forecast(request, image_set, om_paths, ascend_device, onnxruntime_reference,
+                                      run_store, reference_tag, cfg512, record_property):
+    """The laptop's fp16 forecast (m2det_impl.precision, ``m2det compare
+    --emulate fp16``) against the device it forecasts, so the forecast's own
+    accuracy is a tracked figure.
+
+    Three drifts per output: the .om's from ONNX Runtime (actual), the
+    forecast's from ONNX Runtime (predicted) and the .om's from the forecast
+    (the forecast's error); all three are printed, recorded as junit
+    properties and, with ``--save-outputs DIR``, written to
+    ``DIR/fp16-forecast-accuracy__<om>__<images>__<weights>.json``. The
+    forecast must be closer to the device than float32 is (its error below the
+    actual drift): otherwise it does not model what the device does. The mode
+    is ``M2DET_PRECISION_MODE`` (default force_fp16, atc's default; the first
+    word counts). The forecast is computed here or read with
+    ``--load-outputs DIR`` (run ``--save-outputs DIR`` on a laptop: its run is
+    ``fp16forecast-<mode>__<images>__<weights>.npz``).
+    """
+    from m2det_impl._io import atomic_write_json
+    from m2det_impl.precision.forecast import forecast_fp16
+
+    images = request.getfixturevalue(image_set)
+    reference = onnxruntime_reference(images)
+    mode = (os.environ.get("M2DET_PRECISION_MODE") or "force_fp16").split()[0]
+
+    def compute_forecast():
+        export = request.getfixturevalue("reference_export")
+        f = forecast_fp16(export.path, images.batch, images.sizes, cfg512, mode=mode, layers=False,
+                          image_ids=images.ids)
+        return f.candidate["scores"], f.candidate["loc"]
+
+    forecast = run_store.get(f"fp16forecast-{mode}", images, reference_tag, compute_forecast, loadable=True)
+    failures = []
+    for path in om_paths:
+        with OmBackend(path, device_id=ascend_device, num_classes=cfg512.num_classes) as backend:
+            run = run_store.get(f"om-bs{backend.static_batch}", images, reference_tag,
+                                lambda: backend.infer(images.batch))
+        figures = {"om": str(path), "images": images.name, "weights": reference_tag, "precision_mode": mode}
+        for label, (a, b) in {"actual": (run, reference), "predicted": (forecast, reference),
+                              "forecast_error": (run, forecast)}.items():
+            agreements = detection_agreement(a, b, images.sizes, cfg512, images.ids)
+            figures[label] = {"outputs": _worst(compare_runs(a, b, images.ids)),
+                              "agreement": min(d.fraction for d in agreements)}
+        for label in ("actual", "predicted", "forecast_error"):
+            for output, w in figures[label]["outputs"].items():
+                record_property(f"{path.stem}_{images.name}_{label}_{output}_rel_l2", w["rel_l2"])
+                record_property(f"{path.stem}_{images.name}_{label}_{output}_cosine", w["cosine"])
+            record_property(f"{path.stem}_{images.name}_{label}_agreement", figures[label]["agreement"])
+        print(f"\n{path.name} on {images.name} ({mode}): " + "; ".join(
+            f"{output} rel_l2 actual {figures['actual']['outputs'][output]['rel_l2']:.3g}, predicted "
+            f"{figures['predicted']['outputs'][output]['rel_l2']:.3g}, forecast error "
+            f"{figures['forecast_error']['outputs'][output]['rel_l2']:.3g}" for output in ("scores", "loc"))
+            + f"; agreement actual {figures['actual']['agreement']:.4f}, predicted "
+              f"{figures['predicted']['agreement']:.4f}")
+        if run_store.save_dir is not None:
+            atomic_write_json(run_store.save_dir / f"fp16-forecast-accuracy__{path.stem}__{images.name}__"
+                                                   f"{reference_tag}.json", figures, indent=1)
+        for output in ("scores", "loc"):
+            error = figures["forecast_error"]["outputs"][output]["rel_l2"]
+            actual = figures["actual"]["outputs"][output]["rel_l2"]
+            if error > actual:
+                failures.append(f"{path.name}, {images.name}, {output}: the forecast ({mode}) is further from the "
+                                f".om (rel_l2 {error:.3g}) than float32 is ({actual:.3g}): the emulation misses what "
+                                "the device does (another precision mode? set M2DET_PRECISION_MODE; fp16 arithmetic "
+                                "inside vector operators?)")
+    assert not failures, "\n".join(failures)

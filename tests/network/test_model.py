@@ -1,0 +1,174 @@
+"""The network: state-dict manifest, checkpoint loading and its failure modes,
+golden weights, and the full M2Det512 forward against the reference."""
+
+import json
+import pickle
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+
+from m2det_impl.errors import CheckpointError
+from m2det_impl.network.config import get_config
+from m2det_impl.network.model import build_model, golden_fill_, load_checkpoint
+
+pytestmark = pytest.mark.cpu
+
+
+@pytest.fixture(scope="module")
+def manifest(golden_dir):
+    return json.loads((golden_dir / "state_dict_m2det512_vgg.json").read_text())
+
+
+def test_state_dict_equals_reference_manifest(golden_model, manifest):
+    ours = [(k, list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in golden_model.state_dict().items()]
+    theirs = [(e["name"], e["shape"], e["dtype"]) for e in manifest]
+    assert len(ours) == len(theirs) == 887
+    assert ours == theirs
+    assert sum(int(np.prod(s)) for _, s, _ in ours) == 133_396_415
+
+
+@pytest.mark.parametrize("size", [320, 704, 800])
+def test_other_sizes_share_the_state_dict(size, manifest):
+    sd = build_model(get_config(size)).state_dict()
+    assert [(k, list(v.shape)) for k, v in sd.items()] == [(e["name"], e["shape"]) for e in manifest]
+
+
+def test_leach_is_one_shared_module(golden_model):
+    leaches = list(golden_model.leach)
+    assert len(leaches) == 8 and all(m is leaches[0] for m in leaches)
+    sd = golden_model.state_dict()
+    assert sd["leach.0.conv.weight"].data_ptr() == sd["leach.7.conv.weight"].data_ptr()
+
+
+def test_model_is_in_eval_mode(golden_model):
+    assert not golden_model.training
+    assert all(not m.training for m in golden_model.modules())
+
+
+def test_golden_fill_is_deterministic_and_salted(golden_model, cfg512):
+    again = golden_fill_(build_model(cfg512), salt=0)
+    salted = golden_fill_(build_model(cfg512), salt=1)
+    name = "conf.3.weight"
+    assert torch.equal(again.state_dict()[name], golden_model.state_dict()[name])
+    assert not torch.equal(salted.state_dict()[name], golden_model.state_dict()[name])
+    # independent spot check of the README's rule for one bias
+    import zlib
+    rs = np.random.RandomState(zlib.crc32(b"loc.0.bias") & 0xFFFFFFFF)
+    expected = (0.05 * rs.standard_normal((24,))).astype(np.float32)
+    assert np.array_equal(golden_model.state_dict()["loc.0.bias"].numpy(), expected)
+
+
+# ------------------------------------------------------------ checkpoints
+@pytest.fixture(scope="module")
+def saved_checkpoints(golden_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    plain = folder / "plain.pth"
+    wrapped = folder / "dataparallel.pth"
+    sd = golden_model.state_dict()
+    torch.save(sd, plain)
+    torch.save(OrderedDict(("module." + k, v) for k, v in sd.items()), wrapped)
+    return plain, wrapped
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["plain", "module-prefix"])
+def test_checkpoint_round_trip(which, saved_checkpoints, golden_model, cfg512):
+    model = load_checkpoint(build_model(cfg512), saved_checkpoints[which])
+    ref = golden_model.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+
+
+def _tiny_state(names, extra=None):
+    state = OrderedDict((k, torch.zeros(1)) for k in names)
+    state.update(extra or {})
+    return state
+
+
+def test_checkpoint_missing_keys_are_named(tmp_path, golden_model, cfg512):
+    names = list(golden_model.state_dict())
+    path = tmp_path / "partial.pth"
+    torch.save(_tiny_state(names[5:]), path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(build_model(cfg512), path)
+    msg = str(info.value)
+    assert str(path) in msg and "missing keys" in msg and names[0] in msg
+
+
+def test_checkpoint_unexpected_keys_are_named(tmp_path, golden_model, cfg512):
+    path = tmp_path / "extra.pth"
+    torch.save(_tiny_state(golden_model.state_dict(), {"sfam_module.fc.weight": torch.zeros(1)}), path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(build_model(cfg512), path)
+    assert "unexpected keys: sfam_module.fc.weight" in str(info.value)
+
+
+def test_checkpoint_wrong_shapes_are_named(tmp_path, golden_model, cfg512):
+    """A checkpoint for another class count (VOC, 21 classes) fails on the conf heads."""
+    state = OrderedDict((k, v) for k, v in golden_model.state_dict().items())
+    state["conf.0.weight"] = torch.zeros(21 * 6, 2048, 3, 3)
+    path = tmp_path / "voc.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(build_model(cfg512), path)
+    assert "conf.0.weight [126, 2048, 3, 3] (model [486, 2048, 3, 3])" in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04garbage"])
+def test_unreadable_checkpoint_names_the_file(tmp_path, content, cfg512):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(build_model(cfg512), path)
+    assert str(path) in str(info.value) and "not a readable PyTorch checkpoint" in str(info.value)
+
+
+def test_missing_checkpoint_file(tmp_path, cfg512):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(build_model(cfg512), tmp_path / "absent.pth")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("payload executed",))
+
+
+def test_pickled_code_is_refused_not_run(tmp_path, cfg512, capsys):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"x": _Payload()}, handle)
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_checkpoint(build_model(cfg512), path)
+    assert "payload executed" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- forward
+def test_forward_rejects_wrong_input(golden_model):
+    with pytest.raises(ValueError, match=r"\[B, 3, 512, 512\]"):
+        golden_model(torch.zeros(1, 3, 320, 320))
+
+
+@pytest.fixture(scope="module")
+def torch_forward(golden_model, golden_batch):
+    with torch.no_grad():
+        scores, loc = golden_model(torch.from_numpy(golden_batch))
+    return scores.numpy(), loc.numpy()
+
+
+def test_forward_output_contract(torch_forward):
+    scores, loc = torch_forward
+    assert scores.shape == (3, 32760, 81) and loc.shape == (3, 32760, 4)
+    assert scores.dtype == loc.dtype == np.float32
+    assert np.isfinite(scores).all() and np.isfinite(loc).all()
+    assert np.allclose(scores.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("i", [0, 1, 2])
+def test_forward_matches_reference(i, torch_forward, golden_forward):
+    scores, loc = torch_forward
+    ref_loc, ref_scores = golden_forward[f"loc_{i}"], golden_forward[f"scores_{i}"]
+    loc_err = np.abs(loc[i] - ref_loc).max() / np.abs(ref_loc).max()
+    score_err = np.abs(scores[i, ::8] - ref_scores).max()
+    assert loc_err <= 1e-4, f"image {i}: loc max error {loc_err:.3g} of the largest magnitude > 1e-4"
+    assert score_err <= 5e-5, f"image {i}: scores max abs error {score_err:.3g} > 5e-5"

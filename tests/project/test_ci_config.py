@@ -1,0 +1,100 @@
+"""The CI configuration parses and says what the README promises: tox's
+environments, the GitHub Actions workflows, the nightly driver's safety."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.cpu
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = REPO / ".github" / "workflows"
+ENVS = ("cpu", "nightly", "npu", "gpu", "lint")
+
+
+def _tox(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "tox", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_tox_lists_every_environment():
+    listed = _tox("list", "--no-desc").split()
+    assert set(ENVS) <= set(listed), listed
+
+
+def test_tox_configuration_parses_with_the_commands_each_env_runs():
+    text = _tox("config", "-e", ",".join(ENVS), "-k", "commands", "extras")
+    sections = {}
+    for block in text.split("[testenv:")[1:]:
+        name, _, body = block.partition("]")
+        sections[name] = body
+    assert set(sections) == set(ENVS), text
+    assert "pytest -m cpu -n" in sections["cpu"] and "test" in sections["cpu"]
+    assert "scripts/nightly.py --out" in sections["nightly"]
+    assert "pytest -m npu --device-id" in sections["npu"]
+    assert "pytest -m gpu" in sections["gpu"]
+    assert "ruff check" in sections["lint"]
+
+
+def _workflow(name: str) -> dict:
+    data = yaml.safe_load((WORKFLOWS / name).read_text())
+    data["on"] = data.pop("on", None) or data.pop(True)  # YAML 1.1 reads a bare `on` as true
+    return data
+
+
+def _runs(job: dict) -> str:
+    return "\n".join(step.get("run", "") for step in job["steps"])
+
+
+def test_pull_requests_run_tox_cpu_on_python_3_11():
+    ci = _workflow("ci.yml")
+    assert "pull_request" in ci["on"]
+    job = ci["jobs"]["cpu"]
+    assert "tox -e cpu" in _runs(job)
+    setup = [s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/setup-python")]
+    assert setup and str(setup[0]["with"]["python-version"]) == "3.11"
+
+
+def test_the_nightly_is_scheduled_runs_tox_nightly_and_uploads_the_report():
+    nightly = _workflow("nightly.yml")
+    assert nightly["on"]["schedule"][0]["cron"]
+    job = nightly["jobs"]["nightly"]
+    assert "tox -e nightly" in _runs(job)
+    uploads = [s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact")]
+    assert uploads and uploads[0]["if"] == "always()"
+    assert "m2det-nightly/regress.md" in uploads[0]["with"]["path"]
+
+
+def test_the_npu_job_runs_on_the_self_hosted_310p_and_never_on_pull_requests():
+    npu = _workflow("npu.yml")
+    assert "pull_request" not in npu["on"] and "pull_request_target" not in npu["on"]
+    job = npu["jobs"]["npu"]
+    assert job["runs-on"] == ["self-hosted", "ascend-310p"]
+    assert "tox -e npu" in _runs(job)
+    labels = yaml.safe_load((REPO / ".github" / "actionlint.yaml").read_text())["self-hosted-runner"]["labels"]
+    assert "ascend-310p" in labels
+
+
+def test_the_nightly_never_wipes_a_folder_it_did_not_create(tmp_path):
+    spec = importlib.util.spec_from_file_location("nightly_script", REPO / "scripts" / "nightly.py")
+    nightly = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nightly)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(SystemExit, match="was not written by this script"):
+        nightly.prepare(precious)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    mine = tmp_path / "mine"
+    nightly.prepare(mine)
+    (mine / "old-result.json").write_text("{}")
+    nightly.prepare(mine)  # its own folder is wiped and laid out again
+    assert sorted(p.name for p in mine.iterdir()) == [nightly.MARKER, "logs"]

@@ -1,0 +1,70 @@
+"""A plain wheel works outside the checkout: data ships inside the package.
+
+Builds the wheel, installs it (without dependencies) into a fresh venv that
+borrows this environment's third-party packages through a path file, and runs
+the installed ``m2det`` from another folder, where no source tree can help.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cpu
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """bin/ folder of a fresh venv holding only the wheel of this checkout."""
+    root = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(root / "dist")], check=True, capture_output=True, timeout=600)
+    wheel = next((root / "dist").glob("m2det_conformance-*.whl"))
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    py = venv / "bin" / "python"
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site),
+                    str(wheel)], check=True, capture_output=True, timeout=600)
+    # third-party packages only: a plain path entry does not run this environment's .pth files,
+    # so the checkout's editable install stays invisible
+    (site / "zz_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return venv / "bin"
+
+
+def _run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [str(bin_dir / "python"), "-m", "m2det_impl.cli", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_the_installed_package_is_the_wheel(installed, tmp_path):
+    done = subprocess.run([str(installed / "python"), "-c", "import m2det_impl, m2det_impl.resources as r; "
+                           "print(m2det_impl.__file__); print(r.TOLERANCES_FILE.is_file(), r.MINI_COCO.is_dir())"],
+                          cwd=tmp_path, capture_output=True, text=True, check=True)
+    where, data = done.stdout.splitlines()
+    assert str(REPO) not in where and "site-packages" in where
+    assert data == "True True"
+
+
+def test_export_help_runs_from_another_folder(installed, tmp_path):
+    done = _run(installed, tmp_path, "export", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "--soc-version" in done.stdout and "exit codes" in done.stdout
+
+
+def test_run_on_the_bundled_set_from_another_folder(installed, tmp_path):
+    done = _run(installed, tmp_path, "run", "--limit", "2", "--out", "r", "--quiet")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["num_images"] == 2 and "bundled mini COCO" in summary["dataset"]
+    assert (tmp_path / "r" / "results.json").is_file() and (tmp_path / "r" / "report.md").is_file()

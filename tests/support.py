@@ -1,8 +1,13 @@
-"""Test-side helpers: raw outputs of a *perfect* network for known boxes.
+"""Test-side helpers: raw outputs of a *perfect* network for known boxes, and counts derived from the model.
 
-The expected values of tests built on these come from the ground truth, never
-from the code under test: the boxes are encoded into the raw outputs a perfect
-network would emit, and the pipeline must give them back.
+The expected values of tests built on these come from the ground truth: the
+boxes are encoded into the raw outputs a perfect network would emit, and the
+pipeline must give them back. One qualification: the encoding uses the
+package's own ``encode`` (the inverse of the ``decode`` under test), so these
+round trips hold the pipeline's bookkeeping (priors, thresholds, categories,
+box convention, scoring) to the ground truth, not ``decode`` itself; that is
+held to the reference's golden outputs (tests/pipeline/test_postprocess.py) and
+to an independent formula (tests/pipeline/test_nms_properties.py).
 """
 
 from __future__ import annotations
@@ -57,3 +62,17 @@ def perfect_outputs(annotation_file: Path, cfg, score: float = 0.9) -> Dict[str,
             scores[prior, cat_index[ann["category_id"]]] = score
         out[Path(image["file_name"]).stem] = (scores, loc, image)
     return out
+
+
+def conv_layers(model) -> int:
+    """Convolutions of the network, counted on the module tree (a module shared
+    by several levels, as ``leach`` is, counts once: the export has one Conv)."""
+    import torch.nn as nn
+
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def decoder_sums(cfg) -> int:
+    """Element-wise sums of the TUM decoders: each of the ``num_levels`` TUMs adds
+    a lateral branch at every scale but the smallest (docs/reference.md section 2)."""
+    return cfg.network.num_levels * (cfg.network.num_scales - 1)

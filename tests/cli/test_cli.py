@@ -114,12 +114,17 @@ def test_skip_bad_records_the_image_and_goes_on(tmp_path, damaged_layout):
     assert summary["num_images"] == 24 and summary["ap"] < 1.0  # the skipped image counts as missed
 
 
-def test_missing_output_file_names_the_missing_kind(tmp_path, ais_layout):
+def test_missing_output_file_names_the_missing_kind(tmp_path, ais_layout, capsys):
     root = tmp_path / "missing"
     shutil.copytree(ais_layout, root)
-    next(root.rglob("*_0.bin")).unlink()
+    victim = next(root.rglob("*_0.bin"))
+    victim.unlink()
     (tmp_path / "out").mkdir()
     assert _evaluate(tmp_path / "out", root) == EXIT_ERROR
+    err = capsys.readouterr().err
+    stem = victim.name[: -len("_0.bin")]
+    assert err.count("\n") == 1 and f"{stem}: missing the scores output file beside" in err
+    assert str(victim.with_name(f"{stem}_1.bin")) in err and "--skip-bad" in err
 
 
 def test_min_ap_gate_fails_with_exit_1(tmp_path, ais_layout):

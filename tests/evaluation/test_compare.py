@@ -70,29 +70,54 @@ def test_compare_runs_is_per_image_and_per_output():
 
 
 # ------------------------------------------------------------------ tolerances
-def test_tolerance_file_holds_the_issues_bounds_each_with_a_reason():
+FLOAT32_PAIRS = ("torch/golden", "onnxruntime/golden")
+DEVICE_PAIRS = ("om/onnxruntime", "onnxruntime-cuda/onnxruntime")
+
+
+def test_every_bound_in_the_tolerance_file_parses_and_has_a_reason():
     data = json.loads(DEFAULT_TOLERANCES_FILE.read_text())
+    tol = Tolerances.load()
     for pair, outputs in data["pairs"].items():
         for output, bounds in outputs.items():
             if output.startswith("_"):
                 continue
             for metric, spec in bounds.items():
                 assert len(spec["reason"]) > 20, f"{pair}/{output}/{metric} needs a reason"
+                assert tol.bounds(pair, output)[metric].value == spec.get("max", spec.get("min"))
+
+
+def test_a_weights_tag_falls_back_to_its_pairs_bounds():
     tol = Tolerances.load()
-    for pair in ("torch/golden", "onnxruntime/golden"):
-        assert tol.bounds(pair, "scores")["max_abs"].value == 5e-5
-        assert tol.bounds(pair, "loc")["peak_rel"].value == 1e-4
-    for pair in ("om/onnxruntime", "om/onnxruntime@ckpt-0123", "om/onnxruntime@golden0",
-                 "onnxruntime-cuda/onnxruntime"):
-        assert tol.bounds(pair, "loc")["rel_l2"].value == pytest.approx(math.sqrt(2 * 0.001), abs=1e-4)
-    for pair in ("om/onnxruntime", "om/onnxruntime@ckpt-0123", "onnxruntime-cuda/onnxruntime"):
-        assert tol.bounds(pair, "scores")["cosine"].value == 0.999
-        assert tol.bounds(pair, "loc")["cosine"].kind == "min"
-        assert tol.bounds(pair, "detections")["agreement"].value == 0.99
-    # golden weights: raw outputs gated, detections not (the file's _note says why)
-    assert tol.bounds("om/onnxruntime@golden0", "scores")["cosine"].value == 0.999
-    assert "agreement" not in tol.bounds("om/onnxruntime@golden0", "detections")
-    assert "rounding" in data["pairs"]["om/onnxruntime@golden0"]["_note"]
+    for pair in DEVICE_PAIRS:
+        for output in ("scores", "loc", "detections"):
+            assert tol.bounds(f"{pair}@ckpt-0123", output) == tol.bounds(pair, output)
+
+
+def test_device_bounds_are_no_tighter_than_float32_bounds():
+    """A fp16 device may drift at least as far as two float32 runtimes; never less."""
+    tol = Tolerances.load()
+    for device in DEVICE_PAIRS:
+        for reference in FLOAT32_PAIRS:
+            for output in ("scores", "loc"):
+                mine, theirs = tol.bounds(device, output), tol.bounds(reference, output)
+                for metric in set(mine) & set(theirs):
+                    if mine[metric].kind == "max":
+                        assert mine[metric].value >= theirs[metric].value, (device, output, metric)
+                    else:
+                        assert mine[metric].value <= theirs[metric].value, (device, output, metric)
+
+
+def test_detections_are_gated_on_devices_except_with_golden_weights():
+    """Golden weights put near-tied scores everywhere, which fp16 rounding reorders; the
+    file's note says so, and only then may the agreement bound be absent."""
+    data = json.loads(DEFAULT_TOLERANCES_FILE.read_text())
+    tol = Tolerances.load()
+    for pair in DEVICE_PAIRS:
+        assert "agreement" in tol.bounds(pair, "detections")
+    for pair in data["pairs"]:
+        if pair.endswith("@golden0") and "agreement" not in tol.bounds(pair, "detections"):
+            assert "rounding" in data["pairs"][pair]["_note"]
+            assert {"cosine", "rel_l2"} <= set(tol.bounds(pair, "scores"))  # raw outputs still gated
 
 
 TOY = {"pairs": {
@@ -277,11 +302,11 @@ def test_loaded_runs_agree(pytestconfig, cfg512):
         backend, images, weights = path.stem.split("__")
         reference = path.with_name(f"onnxruntime__{images}__{weights}.npz")
         if backend != "onnxruntime" and reference.is_file():
-            pairs.append((path, reference, backend.split("-bs")[0]))
+            pairs.append((path, reference, backend.split("-bs")[0], weights))
     if not pairs:
         pytest.skip(f"{folder} holds no run with a matching onnxruntime__<images>__<weights>.npz")
     failures = []
-    for path, reference, backend in pairs:
+    for path, reference, backend, weights in pairs:
         pair = f"{backend}/onnxruntime@{weights}"  # as tests/hardware/test_npu.py and test_gpu.py key them
         report = compare_saved(load_run(path), load_run(reference), pair, cfg=cfg512)
         if not report.ok:

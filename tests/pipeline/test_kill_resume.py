@@ -135,16 +135,20 @@ def kill_and_resume(seed: int, batch: int, onnx: Path, out: Path) -> List[str]:
     cmd = _command(onnx, out, batch)
     history = []
     held = 0
+    kills_mid_run = 0
     for low, high in ((-1, LIMIT // 2), (None, LIMIT)):  # an early kill, then a later one
         entries = rng.randint(min(held + 1, LIMIT) if low is None else low, high)
         # start-up takes seconds, an image about 3 s, the final writes well under one
         delay = rng.uniform(0.0, 4.0 if entries < 0 else 0.5 if entries == LIMIT else 2.5)
         cut = rng.random() < 0.5  # drawn whatever happens, so the schedule stays the seed's
         killed, held = _run_and_kill(cmd, journal, entries, delay, log)
+        kills_mid_run += killed and held < LIMIT
         history.append(f"waited for {entries} image(s) + {delay:.2f}s: "
                        + (f"SIGKILL with {held} image(s) journaled" if killed else "finished before the kill"))
         if killed and cut and _cut_last_line(journal):
             history.append(f"cut the journal's last line in half: {len(_journal_ids(journal))} whole")
+    # a seed that killed nothing mid-run tested nothing: it must not pass
+    assert kills_mid_run >= 1, f"seed {seed} never killed the run before its last image: {history}"
     before = _journal_ids(journal)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     history.append(f"resumed with {len(before)} image(s) journaled whole: exit {done.returncode}")

@@ -172,15 +172,49 @@ def test_pycocotools_notices_a_wrong_result(coco_json):
     assert stats[0] == pytest.approx(0.6, abs=1e-12)
 
 
-def test_regeneration_is_byte_identical(tmp_path):
-    """The committed fixture is exactly the generator's output."""
+#: How far the committed JPEGs may decode from a fresh encode of the generator's pixels. JPEG
+#: encoders differ across SIMD paths (libjpeg-turbo's DCT on AVX2 vs AVX-512, seen on 7 of 24
+#: images), so bytes are not held; a few levels here and there are. The generator's own
+#: compression loss is about 10 levels on average, and an image shifted by 3 pixels decodes
+#: 6 levels away on average: the bounds below sit well inside both.
+DECODE_MEAN_ABS_MAX = 0.5
+DECODE_P999_ABS_MAX = 8.0
+
+
+def _regenerated():
     gen = _load_generator()
-    gen.generate(tmp_path)
-    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    coco, files = gen.build()
+    return gen, coco, files
+
+
+def _decode_distance(committed: Path, pixels: np.ndarray, gen) -> tuple:
+    flag = cv2.IMREAD_GRAYSCALE if pixels.ndim == 2 else cv2.IMREAD_COLOR
+    mine = cv2.imdecode(np.frombuffer(gen.encode_jpeg(pixels), np.uint8), flag).astype(np.int16)
+    theirs = cv2.imread(str(committed), flag).astype(np.int16)
+    if mine.shape != theirs.shape:
+        return float("inf"), float("inf")
+    diff = np.abs(mine - theirs)
+    return float(diff.mean()), float(np.percentile(diff, 99.9))
+
+
+def test_regeneration_reproduces_the_committed_set():
+    """The committed set is the generator's output: the annotation file byte for byte (pure
+    Python JSON, deterministic everywhere), every image within the stated decode bounds."""
+    gen, coco, files = _regenerated()
     committed = sorted(p.relative_to(ROOT) for p in ROOT.rglob("*") if p.is_file() and p.name != "README.md")
-    assert fresh == committed
-    differing = [str(rel) for rel in fresh if (tmp_path / rel).read_bytes() != (ROOT / rel).read_bytes()]
-    assert not differing, (
-        f"regenerated files differ from fixtures/mini_coco: {differing}; if this OpenCV build "
-        f"({cv2.__version__}) encodes JPEGs differently, rerun scripts/make_mini_coco.py and review"
-    )
+    assert sorted([Path(rel) for rel, _ in files] + [Path(gen.ANNOTATION_FILE)]) == committed
+    assert (ROOT / gen.ANNOTATION_FILE).read_bytes() == gen.annotation_bytes(coco)
+    far = {}
+    for rel, pixels in files:
+        mean, p999 = _decode_distance(ROOT / rel, pixels, gen)
+        if mean > DECODE_MEAN_ABS_MAX or p999 > DECODE_P999_ABS_MAX:
+            far[rel] = (round(mean, 3), p999)
+    assert not far, f"committed JPEGs that are not the generator's images (mean, 99.9% abs): {far}"
+
+
+def test_the_decode_bound_tells_another_image_apart():
+    """The bound above can fail: the same generator's image moved by 3 pixels is refused."""
+    gen, _, files = _regenerated()
+    rel, pixels = files[0]
+    mean, p999 = _decode_distance(ROOT / rel, np.roll(pixels, 3, axis=1), gen)
+    assert mean > DECODE_MEAN_ABS_MAX or p999 > DECODE_P999_ABS_MAX

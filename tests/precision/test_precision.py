@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from support import conv_layers, decoder_sums
 
 from m2det_impl.cli import main
 from m2det_impl.cli.app import PRECISION_MODE_CHOICES
@@ -221,17 +222,18 @@ def golden_forecast(golden_export, golden_images, cfg512):
                          image_ids=golden_images.ids[:1])
 
 
-def test_golden_forecast_plan_and_layers(golden_forecast):
+def test_golden_forecast_plan_and_layers(golden_forecast, golden_model, cfg512):
     f = golden_forecast
     plan = f.plan.summary()
-    assert plan["fp32_nodes"] == 0 and plan["by_precision"]["fp16"]["Conv"] == 158
+    convs = conv_layers(golden_model)
+    assert plan["fp32_nodes"] == 0 and plan["by_precision"]["fp16"]["Conv"] == convs
     # the exporter merges the shared leach module into one Conv read by eight
     # identical BatchNormalizations: folded, they leave the Norm layer's alone
     assert f.plan.folded_batchnorms == 8 and plan["by_precision"]["fp16"]["BatchNormalization"] == 1
-    # layers: 158 Conv (15 VGG + reduce + up_reduce + leach + 8 TUMs x 16 + 12 heads),
-    # 40 Add (8 TUMs x 5 decoder sums), the Norm BatchNormalization and the Softmax
+    # layers: every Conv, every decoder sum of the TUMs, the Norm BatchNormalization and the Softmax
     names = [d.layer.name for d in f.layers]
-    assert len(names) == 200 and len(set(names)) == 200
+    expected = convs + decoder_sums(cfg512) + 2
+    assert len(names) == expected and len(set(names)) == expected
     assert names[0] == "/base.0/Conv" and f.layers[0].layer.fused == "Relu" and f.layers[-1].layer.op_type == "Softmax"
     first = f.layers[0]
     # integer pixels are exact in fp16; the drift is the weights' rounding and

@@ -62,8 +62,10 @@ def test_every_tox_env_runs_something_that_exists():
                 assert (REPO / Path(word).relative_to(REPO) if Path(word).is_absolute() else REPO / word).is_file(), \
                     (env, word)
         if env == "lint":
-            linted = words[words.index("check") + 1:]
+            ruff = next(line.split() for line in commands.splitlines() if "ruff check" in line)
+            linted = ruff[ruff.index("check") + 1:]
             assert linted and all((REPO / w).exists() for w in linted), linted
+            assert any(line.strip() == "lint-imports" for line in commands.splitlines()), commands
 
 
 def _readme_test_command() -> str:

@@ -76,3 +76,25 @@ def decoder_sums(cfg) -> int:
     """Element-wise sums of the TUM decoders: each of the ``num_levels`` TUMs adds
     a lateral branch at every scale but the smallest (docs/reference.md section 2)."""
     return cfg.network.num_levels * (cfg.network.num_scales - 1)
+
+
+def fake_backend_factory(cfg):
+    """A stand-in for ``ModelSpec.create`` in tests of orchestration (resume, skip, messages) that
+    need no model: every image gets all-background outputs, so it has no detections. It never
+    counts as a test of any runtime."""
+    from m2det_impl.backends.base import Backend
+
+    class AllBackground(Backend):
+        name = "all-background"
+        input_size = cfg.size
+
+        def _run(self, chunk):
+            n = chunk.shape[0]
+            scores = np.zeros((n, cfg.num_priors, cfg.num_classes), np.float32)
+            scores[:, :, 0] = 1.0
+            return scores, np.zeros((n, cfg.num_priors, 4), np.float32)
+
+    def create(self, cfg_, log=None):
+        return AllBackground()
+
+    return create

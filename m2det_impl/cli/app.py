@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("bench", "throughput per batch size: pure inference and end to end, with medians")
     add_dataset_options(p)
-    add_model_options(p)
+    add_model_options(p, batch=False)
     p.add_argument("--batch-sizes", type=int_list, default=[1], help="batch sizes to measure, comma separated "
                                                                      "(default 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before measuring, per batch size (default 1)")

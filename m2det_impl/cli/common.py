@@ -59,7 +59,7 @@ def dataset_from(args):
     return resolve_dataset(args.coco_root, args.annotations, args.images, args.limit)
 
 
-def add_model_options(p: argparse.ArgumentParser, backends: bool = True, batch_help: str = "") -> None:
+def add_model_options(p: argparse.ArgumentParser, backends: bool = True, batch: bool = True) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--size", type=int, help="input size preset: 320, 512, 704, 800 (default 512, or --config's)")
     g.add_argument("--config", help="the original repository's config file (configs/m2det512_vgg.py); read as "
@@ -74,8 +74,9 @@ def add_model_options(p: argparse.ArgumentParser, backends: bool = True, batch_h
         g.add_argument("--om", help=".om model for --backend om")
         g.add_argument("--device-id", type=int, default=0, help="NPU device id (default 0)")
         g.add_argument("--threads", type=int, help="intra-op threads for onnxruntime/torch (default: all cores)")
-        g.add_argument("--batch-size", type=positive_int, default=1,
-                       help=batch_help or "images per inference call (default 1)")
+        if batch:
+            g.add_argument("--batch-size", type=positive_int, default=1,
+                           help="images per inference call (default 1)")
 
 
 def add_calibration_options(g) -> None:

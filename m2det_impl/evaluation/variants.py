@@ -58,11 +58,16 @@ class VariantComparison:
     object_level: List[DetectionAgreement] = field(default_factory=list)
     ap: Optional[Dict[str, float]] = None
     seconds_per_image: Dict[str, float] = field(default_factory=dict)
+    #: True when both speeds come from one process, alternating image by image
+    #: (same machine, same load); two runs made apart are not a paired measurement.
+    paired_speed: bool = False
     extra: Dict[str, object] = field(default_factory=dict)
 
     @property
     def speed_ratio(self) -> Optional[float]:
         """How many times faster the candidate ran (reference s/img / candidate s/img)."""
+        if not self.paired_speed:
+            return None  # a ratio of two unpaired runs says more about the machine's load than the models
         ref, cand = self.seconds_per_image.get(self.reference), self.seconds_per_image.get(self.candidate)
         return ref / cand if ref and cand else None
 
@@ -84,6 +89,7 @@ class VariantComparison:
             "ap": self.ap,
             "seconds_per_image": self.seconds_per_image,
             "speed_ratio": self.speed_ratio,
+            "paired_speed": self.paired_speed,
             **self.extra,
         }
 
@@ -171,6 +177,7 @@ def compare_backends(records, cfg, candidate, reference, annotations: Optional[P
     result = acc.finish(annotations)
     n = max(len(result.image_ids), 1)
     result.seconds_per_image = {k: v / n for k, v in spent.items()}
+    result.paired_speed = True
     return result
 
 
@@ -258,7 +265,12 @@ def comparison_markdown(data: Mapping[str, object], title: Optional[str] = None)
     if spi:
         speed = ", ".join(f"{k} {v:.3f} s/img" for k, v in spi.items())
         ratio = data.get("speed_ratio")
-        lines.append(f"- speed (same run, alternating): {speed}" + (f"; **{ratio:.2f}x**" if ratio else ""))
+        if data.get("paired_speed"):
+            lines.append(f"- speed (paired: one process, alternating image by image): {speed}"
+                         + (f"; **{ratio:.2f}x**" if ratio else ""))
+        else:
+            lines.append(f"- speed as each run recorded it (two separate runs, not paired: no ratio, since "
+                         f"machine load differs between runs): {speed}")
     return "\n".join(lines) + "\n"
 
 

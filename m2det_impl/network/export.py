@@ -502,7 +502,7 @@ def write_atc_script(
     ``onnx_paths`` is one ONNX file for all batches or ``{batch: file}`` (the
     static exports ``atc`` digests best).
     """
-    lines = ["#!/usr/bin/env bash", "# Builds one static-batch .om per batch size (m2det_impl.export).",
+    lines = ["#!/usr/bin/env bash", "# Builds one static-batch .om per batch size (m2det_impl.network.export).",
              "set -euo pipefail"]
     for b in batches:
         if isinstance(onnx_paths, Mapping):
@@ -511,7 +511,8 @@ def write_atc_script(
             src = onnx_paths[b]
         else:
             src = onnx_paths
-        lines.append(atc_command(src, b, soc_version, size=size))
+        # absolute paths: the script must work from any folder, not only where export ran
+        lines.append(atc_command(Path(src).resolve(), b, soc_version, size=size))
     out = atomic_write_text(path, "\n".join(lines) + "\n")
     out.chmod(0o755)
     return out

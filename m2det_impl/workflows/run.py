@@ -58,9 +58,14 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     store = PartialStore(out / f".partial.{tag}.jsonl", identity, fresh=fresh, lock=True)
     try:
         wanted = {r.image_id for r in records}
-        already = len(store.finished() & wanted)
+        finished = store.finished()
+        already = len(finished & wanted)
         if already:
             log(f"resuming: {already} of {len(records)} images already done in {store.path}")
+        outside = len(finished - wanted)
+        if outside:
+            log(f"note: {outside} image(s) journaled in {store.path} are outside this run's selection: kept there, "
+                "left out of results.json")
         backend = model.create(cfg, log=log)
         try:
             outcome = run_pipeline(records, backend, cfg, category_ids, batch_size=batch_size, store=store,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -227,3 +228,13 @@ def test_atc_script_covers_the_guides_batch_sizes(tmp_path):
     with pytest.raises(ValueError, match="batch 4"):
         write_atc_script(tmp_path / "x.sh", {1: files[1]})
     assert os.path.exists(script)
+
+
+def test_atc_script_holds_absolute_paths(tmp_path, monkeypatch):
+    """Written with relative paths from one folder, the script still works from any other."""
+    monkeypatch.chdir(tmp_path)
+    script = write_atc_script("build.sh", {1: "m2det512_bs1.onnx"}, batches=(1,))
+    command = next(ln for ln in script.read_text().splitlines() if ln.startswith("atc "))
+    model = command.split("--model=")[1].split()[0]
+    output = command.split("--output=")[1].split()[0]
+    assert model == str(tmp_path / "m2det512_bs1.onnx") and Path(output).is_absolute()

@@ -327,12 +327,15 @@ def test_compare_cli_on_run_folders_reports_agreement_and_ap_change(tmp_path, ca
     assert main(["compare", str(cand), str(ref), "--max-ap-drop", "0.01"]) == EXIT_GATE
     out = capsys.readouterr().out
     assert "change **-1.50 points**" in out
+    # two runs made apart: their speeds are shown as recorded, never as a paired ratio
+    assert "not paired" in out and "alternating" not in out and "x**" not in out
     assert main(["compare", str(cand), str(ref), "--max-ap-drop", "0.02", "--out", str(tmp_path / "o")]) == EXIT_OK
     data = json.loads((tmp_path / "o" / "compare.json").read_text())
     strict, loose = data["detections"]["strict"], data["detections"]["object_level"]
     assert (strict["matched"], loose["matched"]) == (0, 2)   # of max(2, 3) = 3 detections
     assert loose["fraction"] == pytest.approx(2 / 3) and data["ap"]["change"] == pytest.approx(-0.015)
     assert data["candidate"] == "int8" and data["reference"] == "fp32"
+    assert data["paired_speed"] is False and data["speed_ratio"] is None
     # the conformance report takes the comparison as a section
     (tmp_path / "r").mkdir()
     assert main(["report", str(ref), "--compare", str(tmp_path / "o" / "compare.json"), "--output",

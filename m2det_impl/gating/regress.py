@@ -16,7 +16,7 @@ Figures are compared only between like and like. The baseline states the
 machine (CPU model, cores, architecture, NPU SoC, CANN and driver versions,
 GPU) and the workload (input size, weights, images, precision) it was measured
 with; when the current results differ in any stated key the comparison warns
-loudly and does not gate (exit 3) unless told to (``--allow-other-machine``,
+loudly and does not gate (exit 4) unless told to (``--allow-other-machine``,
 ``--allow-other-workload``). Library versions are listed when they differ but
 never block: an upgrade that slows the model is exactly what the nightly is
 for.
@@ -25,7 +25,7 @@ for.
 only when asked: nothing here ever writes a baseline implicitly.
 
 Exit codes (``m2det regress``): 0 no regression, 1 a figure regressed or is
-missing, 2 bad input, 3 not gated (machine or workload differs).
+missing, 2 bad input, 4 not gated (machine or workload differs); m2det_impl/exit_codes.py.
 """
 
 from __future__ import annotations

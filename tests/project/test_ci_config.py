@@ -140,3 +140,20 @@ def test_the_nightly_never_wipes_a_folder_it_did_not_create(tmp_path):
     (mine / "old-result.json").write_text("{}")
     nightly.prepare(mine)  # its own folder is wiped and laid out again
     assert sorted(p.name for p in mine.iterdir()) == [nightly.MARKER, "logs"]
+
+
+def test_a_crash_in_the_nightly_gate_fails_the_night():
+    """regress crashing (exit 3) is a broken night, never "not gated" (4), which is only a warning."""
+    spec = importlib.util.spec_from_file_location("nightly_script", REPO / "scripts" / "nightly.py")
+    nightly = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nightly)
+    assert nightly.nightly_status({"suite": 0, "regress": 3}, False) == (3, ["regress"])
+    assert nightly.nightly_status({"suite": 0, "regress": 4}, False) == (4, [])
+    assert nightly.nightly_status({"suite": 0, "regress": 1}, False) == (1, [])
+    assert nightly.nightly_status({"suite": 0, "regress": 0}, False) == (0, [])
+    assert nightly.nightly_status({"suite": 0, "bench": 2, "regress": 0}, False) == (3, ["bench"])
+    assert nightly.nightly_status({"suite": 0}, True) == (4, [])
+    workflow = yaml.safe_load((WORKFLOWS / "nightly.yml").read_text())
+    step = next(s for s in workflow["jobs"]["nightly"]["steps"] if "tox -e nightly" in s.get("run", ""))
+    warned = [line for line in step["run"].splitlines() if "-eq" in line]
+    assert warned and all('-eq 4 ]' in line for line in warned), warned  # only "not gated" becomes a warning

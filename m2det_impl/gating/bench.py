@@ -62,7 +62,7 @@ def _timed_repeats(fn: Callable[[], object], warmup: int, repeats: int) -> List[
 
 
 def reference_postprocess_cases() -> List[tuple]:
-    """(scores [P, C], loc [P, 4]) of fixtures/golden/postprocess_cases.npz:
+    """(scores [P, C], loc [P, 4]) of the package's data/postprocess_cases.npz (the reference's post-processing cases):
     raw outputs shaped like a trained M2Det512's, for host-side timing."""
     path = POSTPROCESS_CASES_FILE
     cases = []

@@ -2,7 +2,7 @@
 
 The third way the suite is used (after the cpu suite and the hardware gates):
 a nightly job that fails when accuracy, output tolerance or speed regress.
-Baselines are data, ``fixtures/baselines/<platform>.json``, each holding the
+Baselines are data, ``m2det_impl/data/baselines/<platform>.json`` (package data), each holding the
 figures that gate, the machine, workload and environment that produced them,
 and the one-sided rules they are held to:
 

@@ -36,7 +36,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from m2det_impl._io import PathLike, atomic_write_text
-from m2det_impl.errors import InputFileError, M2DetError, ModelOutputError, UsageError
+from m2det_impl.errors import InputFileError, ModelOutputError, UsageError
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.published import GUIDE_BATCH_SIZES
 from m2det_impl.resources import ATC_OPS_FILE
@@ -44,9 +44,7 @@ from m2det_impl.resources import ATC_OPS_FILE
 __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAMES",
-    "SHAPE_OPS",
     "DEFAULT_ATC_OPS_FILE",
-    "AtcCompatibilityError",
     "AtcSupport",
     "CensusReport",
     "export_onnx",
@@ -62,9 +60,7 @@ __all__ = [
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("scores", "loc")
-#: The batch sizes of the guide's performance table (reference section 10).
-#: Shape-arithmetic ops that must not survive a static export.
-SHAPE_OPS = ("Shape", "Gather", "Unsqueeze")
+#: The ONNX ops CANN's atc takes at opset 11 (package data).
 DEFAULT_ATC_OPS_FILE = ATC_OPS_FILE
 
 
@@ -74,10 +70,6 @@ _FOLDABLE = frozenset({
     "Add", "Sub", "Mul", "Div", "Floor", "Ceil", "Reshape", "Range", "ConstantOfShape",
 })
 _MAX_FOLDED_ELEMENTS = 4096  # never materialise a large tensor as a constant
-
-
-class AtcCompatibilityError(M2DetError):
-    """An exported graph that ``atc`` would reject (unsupported op or attribute)."""
 
 
 # ------------------------------------------------------------------ export
@@ -353,7 +345,7 @@ def op_census(model: Union[onnx.ModelProto, PathLike]) -> Counter:
 
 @dataclass(frozen=True)
 class AtcSupport:
-    """The ONNX ops ``atc`` documents for one opset, read from ``fixtures/``."""
+    """The ONNX ops ``atc`` documents for one opset, read from the package data (``data/``)."""
 
     opset: int
     ops: frozenset
@@ -386,10 +378,10 @@ class CensusReport:
 
 
 def load_atc_support(path: PathLike = DEFAULT_ATC_OPS_FILE) -> AtcSupport:
-    """Read the list of ONNX ops ``atc`` supports (``fixtures/atc_opset11_ops.json``)."""
+    """Read the list of ONNX ops ``atc`` supports (the package's ``data/atc_opset11_ops.json``)."""
     path = Path(path)
     if not path.is_file():
-        raise InputFileError(path, "atc op list not found (it ships in the repository's fixtures/)")
+        raise InputFileError(path, "atc op list not found (it ships inside the package as data/atc_opset11_ops.json: reinstall m2det-conformance)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return AtcSupport(int(data["opset"]), frozenset(data["ops"]), str(data["source"]), path)

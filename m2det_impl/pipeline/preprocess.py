@@ -43,7 +43,6 @@ __all__ = [
 
 # The guide's gen_dataset_info.py looks for these, in this order.
 IMAGE_EXTENSIONS: Tuple[str, ...] = ("jpg", "jpeg", "JPG", "JPEG")
-_DECODABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def load_image(path: PathLike) -> np.ndarray:

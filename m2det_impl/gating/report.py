@@ -30,12 +30,22 @@ DET_COLOUR = (0, 140, 255)  # BGR: orange, detections
 BANNER_COLOUR = (40, 40, 200)  # BGR: red, the golden-weights warning
 
 
-def _text(canvas: np.ndarray, text: str, origin, colour, scale: float = 0.45, background=(0, 0, 0)) -> None:
-    """Text on a filled box, so it stays readable on any picture."""
+def _text_box(text: str, origin, scale: float = 0.45):
+    """(x1, y1, x2, y2) the text would cover at ``origin`` (its baseline's left end)."""
     (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     x, y = int(origin[0]), int(origin[1])
-    cv2.rectangle(canvas, (x, y - h - base), (x + w + 2, y + base), background, -1)
-    cv2.putText(canvas, text, (x + 1, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+    return x, y - h - base, x + w + 2, y + base
+
+
+def _text(canvas: np.ndarray, text: str, origin, colour, scale: float = 0.45, background=(0, 0, 0)) -> None:
+    """Text on a filled box, so it stays readable on any picture."""
+    x1, y1, x2, y2 = _text_box(text, origin, scale)
+    cv2.rectangle(canvas, (x1, y1), (x2, y2), background, -1)
+    cv2.putText(canvas, text, (x1 + 1, int(origin[1])), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+
+
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def draw_detections(image_bgr: np.ndarray, results: Sequence[dict], names: Dict[int, str],
@@ -59,19 +69,28 @@ def draw_detections(image_bgr: np.ndarray, results: Sequence[dict], names: Dict[
         cv2.rectangle(canvas, (int(round(x)), int(round(y)) + top), (int(round(x + w)), int(round(y + h)) + top),
                       GT_COLOUR, 3)
     chosen = sorted((r for r in results if r["score"] >= min_score), key=lambda r: -r["score"])[:max_boxes]
-    for rank, r in enumerate(chosen):
+    placed: List[tuple] = []
+    for r in chosen:
         x, y, w, h = r["bbox"]
         p1 = (int(round(x)), int(round(y)) + top)
         cv2.rectangle(canvas, p1, (int(round(x + w)), int(round(y + h)) + top), DET_COLOUR, 1)
-        if rank < max_labels:
-            label = f"{names.get(r['category_id'], r['category_id'])} {r['score']:.2f}"
-            _text(canvas, label, (max(p1[0], 0), max(p1[1] - 3, top + 12)), (255, 255, 255), background=DET_COLOUR)
+    for r in chosen:  # labels after all boxes, best first, never over another label
+        if len(placed) == max_labels:
+            break
+        x, y = r["bbox"][:2]
+        origin = (max(int(round(x)), 0), max(int(round(y)) + top - 3, top + 12))
+        label = f"{names.get(r['category_id'], r['category_id'])} {r['score']:.2f}"
+        box = _text_box(label, origin)
+        if any(_overlaps(box, other) for other in placed):
+            continue
+        placed.append(box)
+        _text(canvas, label, origin, (255, 255, 255), background=DET_COLOUR)
     _text(canvas, title[:90], (4, 15), (255, 255, 255), background=(60, 60, 60))
     if golden:
         _text(canvas, "GOLDEN (UNTRAINED) WEIGHTS: the boxes mean nothing; pass --weights for a real model",
               (4, bar + 15), (255, 255, 255), scale=0.42, background=BANNER_COLOUR)
     legend = (f"green: ground truth ({len(ground_truth)})   orange: detections, score >= {min_score:.2f} "
-              f"(top {len(chosen)} of {len(results)}, {min(max_labels, len(chosen))} labelled)")
+              f"(top {len(chosen)} of {len(results)}, {len(placed)} labelled)")
     _text(canvas, legend, (4, top + height + 15), (0, 0, 0), scale=0.4, background=(255, 255, 255))
     return canvas
 

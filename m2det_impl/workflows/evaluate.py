@@ -10,9 +10,20 @@ from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.gating.gates import min_ap_gate
 from m2det_impl.network.config import M2DetConfig
 
-__all__ = ["evaluate_outputs", "merge_shards"]
+__all__ = ["evaluate_outputs", "merge_shards", "announce_and_gate"]
 
 Echo = Callable[[str], None]
+
+
+def announce_and_gate(summary: dict, path: PathLike, min_ap: Optional[float], echo: Echo, log: Echo) -> int:
+    """Print a scored summary (the table, then the AP with the dataset it was
+    measured on) and apply ``--min-ap``; returns the exit code."""
+    echo(summary["table"].rstrip("\n"))
+    echo(f"AP@[.50:.95] = {summary['ap']:.4f} on {summary['dataset']} -> {path}")
+    verdict = min_ap_gate(summary["ap"], min_ap)
+    if verdict.message:
+        (echo if verdict.passed else log)(verdict.message)
+    return verdict.code
 
 
 def evaluate_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetConfig, results: PathLike,
@@ -31,12 +42,7 @@ def evaluate_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetConfig,
     echo(f"{scored.outputs_read} images, {len(scored.results)} detections -> {results_path}")
     data = score_results(annotations, scored.results, scored.image_ids, summary,
                          extra={"skipped": scored.skipped, "outputs": str(outputs)})
-    echo(data["table"].rstrip("\n"))
-    echo(f"AP@[.50:.95] = {data['ap']:.4f} on {data['dataset']} -> {summary}")
-    verdict = min_ap_gate(data["ap"], min_ap)
-    if verdict.message:
-        (echo if verdict.passed else log)(verdict.message)
-    return verdict.code
+    return announce_and_gate(data, summary, min_ap, echo, log)
 
 
 def merge_shards(shards: Sequence[PathLike], results: PathLike, summary: PathLike, *,
@@ -70,9 +76,4 @@ def merge_shards(shards: Sequence[PathLike], results: PathLike, summary: PathLik
         return EXIT_OK
     data = score_results(annotations, merged, image_ids, summary,
                          extra={"shards": [str(f) for f in files], "skipped": skipped})
-    echo(data["table"].rstrip("\n"))
-    echo(f"AP@[.50:.95] = {data['ap']:.4f} on {data['dataset']} -> {summary}")
-    verdict = min_ap_gate(data["ap"], min_ap)
-    if verdict.message:
-        (echo if verdict.passed else log)(verdict.message)
-    return verdict.code
+    return announce_and_gate(data, summary, min_ap, echo, log)

@@ -9,6 +9,7 @@ from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.gating.gates import min_ap_gate
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.pipeline.dataset import Dataset
+from m2det_impl.workflows.evaluate import announce_and_gate
 from m2det_impl.workflows.models import ModelSpec
 
 __all__ = ["run", "category_ids_for"]
@@ -94,17 +95,13 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     summary = score_results(annotations, outcome.results, outcome.image_ids, out / "summary.json",
                             extra={"identity": identity, "batch_size": batch_size, "skipped": outcome.skipped,
                                    "golden_weights": model.weights is None, "images_per_second": outcome.images_per_second})
-    echo(summary["table"].rstrip("\n"))
-    echo(f"AP@[.50:.95] = {summary['ap']:.4f} on {summary['dataset']} -> {out / 'summary.json'}")
     if report:
         from m2det_impl.gating.report import write_run_report
 
         paths = write_run_report(out, summary, cfg, records, outcome.results, annotations)
         echo("report: " + ", ".join(str(p) for p in paths))
-    verdict = min_ap_gate(summary["ap"], min_ap)
-    if verdict.message:
-        (echo if verdict.passed else log)(verdict.message)
+    code = announce_and_gate(summary, out / "summary.json", min_ap, echo, log)
     if model.weights is None:
         log("NOTE: golden (untrained) weights: the AP above measures the pipeline, not the model; "
             "pass --weights m2det512_vgg.pth for the real figure")
-    return verdict.code
+    return code

@@ -29,12 +29,13 @@ def installed(tmp_path_factory) -> Path:
                     "-w", str(root / "dist")], check=True, capture_output=True, timeout=600)
     wheel = next((root / "dist").glob("m2det_conformance-*.whl"))
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site),
-                    str(wheel)], check=True, capture_output=True, timeout=600)
+    # the venv's own pip: the console script gets the venv's interpreter
+    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True,
+                   capture_output=True, timeout=600)
     # third-party packages only: a plain path entry does not run this environment's .pth files,
     # so the checkout's editable install stays invisible
     (site / "zz_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
@@ -43,7 +44,7 @@ def installed(tmp_path_factory) -> Path:
 
 def _run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    cmd = [str(bin_dir / "python"), "-m", "m2det_impl.cli", *args]
+    cmd = [str(bin_dir / "m2det"), *args]  # the console script the wheel installs
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 

@@ -90,9 +90,12 @@ def uninterrupted(tmp_path_factory, onnx_path):
     return get
 
 
-def _run_and_kill(cmd: List[str], journal: Path, entries: int, delay: float, log: Path) -> Tuple[bool, int]:
+def _run_and_kill(cmd: List[str], journal: Path, entries: int, delay: float, log: Path,
+                  before_last: bool = False) -> Tuple[bool, int]:
     """Start ``cmd``; once the journal holds ``entries`` images (header aside;
-    -1: do not wait for it) sleep ``delay`` and SIGKILL it. -> (killed, images
+    -1: do not wait for it) sleep ``delay`` and SIGKILL it. With
+    ``before_last`` the kill comes early if only one image is left, so that on
+    any machine, however fast, the kill lands mid-run. -> (killed, images
     journaled when it died)."""
     with open(log, "ab") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
@@ -101,7 +104,11 @@ def _run_and_kill(cmd: List[str], journal: Path, entries: int, delay: float, log
             while proc.poll() is None and entries >= 0 and _whole_lines(journal) < entries + 1:
                 assert time.monotonic() - start < RUN_TIMEOUT_S, "run made no progress"
                 time.sleep(0.01)
-            time.sleep(delay)
+            until = time.monotonic() + delay
+            while time.monotonic() < until and proc.poll() is None:
+                if before_last and _whole_lines(journal) >= LIMIT:  # header + all but the last image
+                    break
+                time.sleep(0.01)
             killed = proc.poll() is None
             if killed:
                 os.kill(proc.pid, signal.SIGKILL)
@@ -141,7 +148,7 @@ def kill_and_resume(seed: int, batch: int, onnx: Path, out: Path) -> List[str]:
         # start-up takes seconds, an image about 3 s, the final writes well under one
         delay = rng.uniform(0.0, 4.0 if entries < 0 else 0.5 if entries == LIMIT else 2.5)
         cut = rng.random() < 0.5  # drawn whatever happens, so the schedule stays the seed's
-        killed, held = _run_and_kill(cmd, journal, entries, delay, log)
+        killed, held = _run_and_kill(cmd, journal, entries, delay, log, before_last=low is not None)
         kills_mid_run += killed and held < LIMIT
         history.append(f"waited for {entries} image(s) + {delay:.2f}s: "
                        + (f"SIGKILL with {held} image(s) journaled" if killed else "finished before the kill"))

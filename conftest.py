@@ -69,6 +69,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="NPU device id (env M2DET_DEVICE_ID, default 0)",
     )
     group.addoption(
+        "--published",
+        default=os.environ.get("M2DET_PUBLISHED") or None,
+        help="published throughput table the throughput gate holds the .om to: one of "
+             "m2det_impl.published.published_names() (env M2DET_PUBLISHED; default the guide's)",
+    )
+    group.addoption(
         "--batch-sizes",
         default=os.environ.get("M2DET_BATCH_SIZES", "1"),
         help="comma-separated batch sizes for the accuracy gates (env M2DET_BATCH_SIZES)",
@@ -188,6 +194,19 @@ def om_paths(pytestconfig: pytest.Config) -> list[Path]:
     if missing:
         pytest.skip(f".om model not found: {', '.join(missing)}")
     return paths
+
+
+@pytest.fixture(scope="session")
+def published_name(pytestconfig: pytest.Config) -> str:
+    """The published throughput table chosen by --published / M2DET_PUBLISHED (default: the guide's).
+    An unknown name is a usage error, not a skip."""
+    from m2det_impl.published import DEFAULT_PUBLISHED, published_names
+
+    name = pytestconfig.getoption("--published") or DEFAULT_PUBLISHED
+    if name not in published_names():
+        raise pytest.UsageError(f"--published / M2DET_PUBLISHED: unknown table {name!r}; choose one of "
+                                f"{', '.join(published_names())}")
+    return name
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,19 @@ is created: the package works without them, and without them the error says
 what to install.
 
 Output order is not trusted: ``atc`` orders outputs as the ONNX file did, or
-as ``--out-nodes`` said, and the guide's ONNX names are swapped (reference section
+as ``--out_nodes`` said, and the guide's ONNX names are swapped (reference section
 9). Outputs are matched to ``scores``/``loc`` by name (the part after the last
 ``:``, as ``atc`` writes ``node:index:name``) or, failing names, by shape
 (``scores`` ends in the class count, ``loc`` in 4), never by position alone.
 A name that contradicts its shape is an error, not a guess.
+
+Execute times are the runtime's own (reference section 9): aclruntime times
+``aclmdlExecute`` alone and keeps the figures in ``sumary().exec_time_list``
+(the session's and the 2023 ``InferSession``'s ``sumary()``, newer ait's
+``InferSession.summary()``; entries are milliseconds, or in newer ait
+``(start, end)`` pairs), which is what ais_bench's throughput divides by.
+Release: ``free_resource()`` where the session has it (newer ait), else the
+2023 tools' ``finalize()``; the session is dropped either way.
 """
 
 from __future__ import annotations
@@ -78,7 +86,61 @@ def map_om_outputs(metas: Sequence[Tuple[str, Sequence[int]]], num_classes: int,
     )
 
 
-class _AisBenchRunner:
+def _exec_ms(entry: Any) -> float:
+    """One ``exec_time_list`` entry in ms: a float (2023 tools) or a ``(start, end)`` pair (newer ait)."""
+    if isinstance(entry, (tuple, list)):
+        if len(entry) != 2:
+            raise ModelOutputError(f"unexpected exec_time_list entry {entry!r}: expected ms or (start, end)")
+        return float(entry[1]) - float(entry[0])
+    return float(entry)
+
+
+class _Runner:
+    """What both runtimes share: the runtime's own execute times and the release."""
+
+    kind = "?"
+    session: Any = None
+    _seen = 0
+
+    def _summary(self) -> Any:
+        """The ``sumary`` object holding ``exec_time_list``, or ``None`` when the runtime keeps none."""
+        for name in ("summary", "sumary"):  # newer ait InferSession: summary(); aclruntime and 2023 tools: sumary()
+            method = getattr(self.session, name, None)
+            if callable(method):
+                return method()
+        return None
+
+    @property
+    def clock(self) -> Optional[str]:
+        """How the execute times are taken, or ``None`` when the runtime keeps none."""
+        for name in ("summary", "sumary"):
+            if callable(getattr(self.session, name, None)):
+                return f"{self.kind} execute time (aclmdlExecute only, {name}().exec_time_list)"
+        return None
+
+    def new_execute_ms(self) -> Optional[float]:
+        """Milliseconds of the executes since the last call (one per run with ``loop`` 1); ``None`` if unknown."""
+        summary = self._summary()
+        if summary is None:
+            return None
+        entries = list(summary.exec_time_list)
+        if len(entries) < self._seen:  # the list was reset (reset_sumaryinfo) behind our back
+            self._seen = 0
+        fresh, self._seen = entries[self._seen:], len(entries)
+        if not fresh:
+            return None
+        return sum(_exec_ms(e) for e in fresh)
+
+    def release(self) -> None:
+        session, self.session = self.session, None
+        for name in ("free_resource", "finalize"):  # newer ait, then the 2023 tools (finalize is static in ait)
+            method = getattr(session, name, None)
+            if callable(method):
+                method()
+                return
+
+
+class _AisBenchRunner(_Runner):
     """``ais_bench.infer.interface.InferSession``."""
 
     kind = "ais_bench"
@@ -90,7 +152,7 @@ class _AisBenchRunner:
         return [np.asarray(o) for o in self.session.infer([array])]
 
 
-class _AclRuntimeRunner:
+class _AclRuntimeRunner(_Runner):
     """The lower-level ``aclruntime`` API (reference section 9)."""
 
     kind = "aclruntime"
@@ -98,7 +160,9 @@ class _AclRuntimeRunner:
     def __init__(self, aclruntime: Any, path: Path, device_id: int):
         self.acl = aclruntime
         self.device_id = device_id
-        self.session = aclruntime.InferenceSession(str(path), device_id, aclruntime.session_options())
+        options = aclruntime.session_options()  # attributes loop, log_level, acl_json_path
+        options.loop = 1  # one execute per run, so one exec_time_list entry per call
+        self.session = aclruntime.InferenceSession(str(path), device_id, options)
 
     def run(self, array: np.ndarray, output_names: List[str]) -> List[np.ndarray]:
         tensor = self.acl.Tensor(array)
@@ -150,6 +214,11 @@ class OmBackend(Backend):
         self.num_classes = int(num_classes)
         self.runner = _open_runner(path, self.device_id, runtime)
         self.name = "om"
+        clock = self.runner.clock
+        #: True when :attr:`execute_times_ms` are the runtime's own execute times (what ais_bench divides by).
+        self.runtime_timed = clock is not None
+        if clock is not None:
+            self.execute_clock = clock
         session = self.runner.session
         inputs = list(session.get_inputs())
         outputs = list(session.get_outputs())
@@ -190,9 +259,14 @@ class OmBackend(Backend):
         # The guide's scores are [B*P, C]; ours are [B, P, C]: same bytes.
         return scores.reshape(batch, -1, self.num_classes), loc.reshape(batch, -1, 4)
 
+    def _execute_ms(self, wall_ms: float) -> float:
+        """The runtime's own execute time of the call just made; NaN (not measured) when it gave none."""
+        if self.runner is None or self.runner.clock is None:
+            return wall_ms
+        measured = self.runner.new_execute_ms()
+        return float("nan") if measured is None else measured
+
     def close(self) -> None:
         runner, self.runner = getattr(self, "runner", None), None
-        session = getattr(runner, "session", None)
-        free = getattr(session, "free_resource", None)
-        if callable(free):
-            free()
+        if runner is not None:
+            runner.release()

@@ -39,6 +39,8 @@ BACKENDS: Dict[str, BackendEntry] = {e.name: e for e in (
     BackendEntry("torch", "cpu", "torch", ("torch",), None, "eager PyTorch, float32, on the CPU"),
     BackendEntry("om", "npu", "aclruntime", ("aclruntime", "ais_bench"), None,
                  "an atc-built .om on an Ascend NPU through aclruntime / ais_bench"),
+    BackendEntry("onnxruntime-cann", "npu", "onnxruntime", ("onnxruntime-cann", "onnxruntime"), "CANNExecutionProvider",
+                 "ONNX Runtime's CANNExecutionProvider (pip onnxruntime-cann) on an Ascend NPU, from the ONNX export"),
 )}
 
 

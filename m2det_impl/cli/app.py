@@ -25,6 +25,7 @@ from m2det_impl.cli.common import (
 from m2det_impl.errors import M2DetError
 from m2det_impl.exit_codes import EXIT_BAD_INPUT, EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED
 from m2det_impl.pipeline.ais_files import OUTPUT_FORMATS
+from m2det_impl.published import DEFAULT_PUBLISHED, published_names
 
 __all__ = ["build_parser", "main"]
 
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure this backend's pure inference side by side (repeats alternating) and print "
                         "the speed ratio, e.g. --versus onnxruntime-int8")
     p.add_argument("--versus-onnx", metavar="PATH", help="ONNX model for --versus (default: cached, as --onnx)")
+    p.add_argument("--published", choices=published_names(), default=DEFAULT_PUBLISHED,
+                   help=f"published throughput table shown beside the figures and recorded in bench.json "
+                        f"(default {DEFAULT_PUBLISHED}, the guide's)")
 
     p = add("report", "conformance report of a run folder, side by side with the guide's figures")
     p.add_argument("runs", nargs="+", help="folders written by m2det run (one per backend/batch size)")

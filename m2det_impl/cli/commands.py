@@ -82,7 +82,7 @@ def cmd_bench(args) -> int:
     return bench(dataset_from(args), config_from(args), model_from(args), args.output, batch_sizes=args.batch_sizes,
                  warmup=args.warmup, repeats=args.repeats, host_images=args.host_images,
                  end_to_end=not args.no_end_to_end, loader_threads=args.loader_threads, versus=versus,
-                 echo=echo, log=log)
+                 published=args.published, echo=echo, log=log)
 
 
 def cmd_report(args) -> int:

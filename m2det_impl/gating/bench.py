@@ -1,9 +1,13 @@
 """Throughput measurement: the guide's table for one backend, plus what the
 guide leaves out (the host's share and the end-to-end rate).
 
-Three figures per run, each a median over repeats after warm-up:
-- pure inference images/s per batch size: ``backend.infer`` alone on a
-  preprocessed batch (what ``ais_infer`` reports);
+Three figures per run, after warm-up:
+- pure inference images/s per batch size, as ais_bench computes it:
+  ``1000 * batch / mean(execute ms)`` over the backend's execute times
+  (``Backend.execute_times_ms``: aclruntime's own ``exec_time_list`` on an
+  NPU, the wall clock around one runtime call elsewhere; ``execute_clock``
+  says which), with the wall-clock figure of ``backend.infer`` (median of
+  repeats) beside it, labelled;
 - end-to-end images/s per batch size: ``run_pipeline`` from image files to COCO
   results with decoding, inference and post-processing overlapped;
 - host images/s: decoding + preprocessing + post-processing with no backend,
@@ -12,6 +16,7 @@ Three figures per run, each a median over repeats after warm-up:
 
 from __future__ import annotations
 
+import math
 import platform
 import statistics
 import time
@@ -19,13 +24,16 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
+from m2det_impl.errors import M2DetError
 from m2det_impl.network.config import M2DetConfig
-from m2det_impl.published import HOST_SCRIPTS_IMAGES_PER_SECOND, PUBLISHED_THROUGHPUT
+from m2det_impl.published import DEFAULT_PUBLISHED, HOST_SCRIPTS_IMAGES_PER_SECOND, PUBLISHED_SOURCES, throughput_table
 from m2det_impl.resources import POSTPROCESS_CASES_FILE
 
 __all__ = [
     "machine_info",
     "measure_inference",
+    "published_record",
+    "WALL_CLOCK_LABEL",
     "measure_side_by_side",
     "measure_host",
     "measure_end_to_end",
@@ -76,15 +84,59 @@ def reference_postprocess_cases() -> List[tuple]:
     return cases
 
 
+WALL_CLOCK_LABEL = "wall clock around backend.infer (host copies and casts included), median of repeats"
+
+
 def measure_inference(backend, tensors: Sequence[np.ndarray], batch_size: int, warmup: int = 1,
-                      repeats: int = 3) -> Dict[str, float]:
-    """Pure inference rate at one batch size, on real preprocessed images."""
+                      repeats: int = 3) -> Dict[str, object]:
+    """Pure inference rate at one batch size, on real preprocessed images.
+
+    ``images_per_second`` is ais_bench's figure, ``1000 * batch / mean(ms)``
+    over the execute times the backend recorded during the timed repeats (one
+    per repeat: the summed executes of its chunks); ``execute_clock`` names
+    that clock and ``runtime_timed`` says whether it is the runtime's own.
+    It is ``None`` (not measured) when an execute time is missing (NaN).
+    ``wall_clock_images_per_second`` is ``batch / median(wall s)`` of the same
+    repeats, labelled by ``wall_clock``."""
     picks = [tensors[i % len(tensors)] for i in range(batch_size)]
     batch = np.stack(picks)
-    times = _timed_repeats(lambda: backend.infer(batch), warmup, repeats)
-    median = statistics.median(times)
-    return {"batch_size": batch_size, "median_s_per_batch": median, "images_per_second": batch_size / median,
-            "repeats": repeats, "times_s": times}
+    for _ in range(warmup):
+        backend.infer(batch)
+    times_s: List[float] = []
+    execute_ms: List[float] = []
+    for _ in range(repeats):
+        _timed_call(backend, batch, times_s, execute_ms)
+    return _rate(backend, batch_size, times_s, execute_ms)
+
+
+def _timed_call(backend, batch: np.ndarray, times_s: List[float], execute_ms: List[float]) -> None:
+    """One ``backend.infer``: its wall seconds and the sum of the execute ms it recorded (NaN if any is missing)."""
+    log = backend.execute_times_ms
+    before = len(log)
+    start = time.perf_counter()
+    backend.infer(batch)
+    times_s.append(time.perf_counter() - start)
+    fresh = [float(t) for t in log[before:]]
+    execute_ms.append(sum(fresh) if fresh and all(math.isfinite(t) for t in fresh) else float("nan"))
+
+
+def _rate(backend, batch_size: int, times_s: List[float], execute_ms: List[float]) -> Dict[str, object]:
+    median = statistics.median(times_s)
+    measured = bool(execute_ms) and all(math.isfinite(t) and t > 0 for t in execute_ms)
+    mean_ms = sum(execute_ms) / len(execute_ms) if measured else None
+    return {"batch_size": batch_size,
+            "images_per_second": 1000.0 * batch_size / mean_ms if mean_ms else None,
+            "mean_execute_ms": mean_ms, "execute_ms": execute_ms,
+            "execute_clock": getattr(backend, "execute_clock", "?"),
+            "runtime_timed": bool(getattr(backend, "runtime_timed", False)),
+            "wall_clock_images_per_second": batch_size / median, "median_s_per_batch": median,
+            "wall_clock": WALL_CLOCK_LABEL, "repeats": len(times_s), "times_s": times_s}
+
+
+def published_record(name: str = DEFAULT_PUBLISHED, platform: str = "310P3") -> Dict[str, object]:
+    """The published table a figure is judged against, with its name and source, for recording beside it."""
+    return {"name": name, "source": PUBLISHED_SOURCES.get(name, "?"), "platform": platform,
+            "table": {str(b): v for b, v in throughput_table(name, platform).items()}}
 
 
 def measure_host(records, cfg: M2DetConfig, outputs, category_ids, images: int = 200,
@@ -143,18 +195,33 @@ def measure_end_to_end(backend, records, cfg: M2DetConfig, category_ids, batch_s
 
 def bench_markdown(data: Dict[str, object]) -> str:
     """The guide's table with this run's figures beside the published ones."""
+    published = data.get("published") or published_record()
+    table = published["table"]
+    try:
+        t4 = throughput_table(DEFAULT_PUBLISHED, "T4")
+    except M2DetError:  # the guide's T4 column is information only
+        t4 = {}
+    clock = next((row.get("execute_clock") for row in data["inference"] if row.get("execute_clock")), None)
     lines = [f"# m2det bench: {data['backend']} (M2Det{data['size']})", "",
              f"Machine: {data['machine'].get('cpu')} ({data['machine'].get('cores')} cores)", "",
-             "| batch | pure inference img/s | end to end img/s | e2e / pure (paired) | 310P3 published | T4 published |",
-             "|---|---|---|---|---|---|"]
+             f"Published: **{published['name']}** ({published['source']})", "",
+             "Pure inference is ais_bench's figure, 1000 * batch / mean(execute ms)"
+             + (f", execute time: {clock}" if clock else "") + f"; wall clock: {WALL_CLOCK_LABEL}.", "",
+             f"| batch | pure inference img/s | wall clock img/s | end to end img/s | e2e / pure (paired) | "
+             f"{published['platform']} published ({published['name']}) | T4 published (guide) |",
+             "|---|---|---|---|---|---|---|"]
     e2e = {row["batch_size"]: row for row in data.get("end_to_end", [])}
+
+    def fmt(value):
+        return "not measured" if value is None else f"{value:.3f}"
+
     for row in data["inference"]:
         b = row["batch_size"]
         e = e2e.get(b)
         lines.append(
-            f"| {b} | {row['images_per_second']:.3f} | "
+            f"| {b} | {fmt(row.get('images_per_second'))} | {fmt(row.get('wall_clock_images_per_second'))} | "
             + (f"{e['images_per_second']:.3f} | {e['ratio']:.1%}" if e else "- | -")
-            + f" | {PUBLISHED_THROUGHPUT['310P3'].get(b, '-')} | {PUBLISHED_THROUGHPUT['T4'].get(b, '-')} |"
+            + f" | {table.get(str(b), '-')} | {t4.get(b, '-')} |"
         )
     versus = data.get("versus")
     if versus:
@@ -164,7 +231,7 @@ def bench_markdown(data: Dict[str, object]) -> str:
         mine = {row["batch_size"]: row for row in data["inference"]}
         for row in versus["inference"]:
             b = row["batch_size"]
-            lines.append(f"| {b} | {mine[b]['images_per_second']:.3f} | {row['images_per_second']:.3f} | "
+            lines.append(f"| {b} | {fmt(mine[b]['images_per_second'])} | {fmt(row['images_per_second'])} | "
                          f"**{versus['speed_ratio'][str(b)]:.2f}x** |")
     host = data.get("host")
     if host:
@@ -175,7 +242,7 @@ def bench_markdown(data: Dict[str, object]) -> str:
 
 
 def measure_side_by_side(backends: Dict[str, object], tensors: Sequence[np.ndarray], batch_size: int,
-                         warmup: int = 1, repeats: int = 3) -> Dict[str, Dict[str, float]]:
+                         warmup: int = 1, repeats: int = 3) -> Dict[str, Dict[str, object]]:
     """Pure inference of several backends at one batch size, their repeats
     alternating (A, B, A, B, ...) so that both see the same machine load; a
     speed ratio between runs made minutes apart on a shared machine says more
@@ -186,14 +253,8 @@ def measure_side_by_side(backends: Dict[str, object], tensors: Sequence[np.ndarr
         for _ in range(warmup):
             backend.infer(batch)
     times: Dict[str, List[float]] = {name: [] for name in backends}
+    executes: Dict[str, List[float]] = {name: [] for name in backends}
     for _ in range(repeats):
         for name, backend in backends.items():
-            start = time.perf_counter()
-            backend.infer(batch)
-            times[name].append(time.perf_counter() - start)
-    out = {}
-    for name, t in times.items():
-        median = statistics.median(t)
-        out[name] = {"batch_size": batch_size, "median_s_per_batch": median, "images_per_second": batch_size / median,
-                     "repeats": repeats, "times_s": t}
-    return out
+            _timed_call(backend, batch, times[name], executes[name])
+    return {name: _rate(backends[name], batch_size, times[name], executes[name]) for name in backends}

@@ -8,11 +8,11 @@ failure that says why.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 
-__all__ = ["GateVerdict", "min_ap_gate", "max_ap_drop_gate"]
+__all__ = ["GateVerdict", "min_ap_gate", "max_ap_drop_gate", "throughput_gate"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +50,36 @@ def max_ap_drop_gate(change: Optional[float], max_drop: Optional[float],
     if drop <= max_drop:
         return GateVerdict(EXIT_OK, f"gate passed: AP drop {drop * 100:.2f} points <= {max_drop * 100:.2f}")
     return GateVerdict(EXIT_GATE_FAILED, f"gate FAILED: AP drop {drop * 100:.2f} points > {max_drop * 100:.2f}")
+
+
+def throughput_gate(figure: Mapping[str, object], published: Mapping[str, object],
+                    relative_tolerance: float, require_runtime_clock: bool = True) -> GateVerdict:
+    """Pure-inference images/s (``gating.bench.measure_inference``'s ``images_per_second``,
+    ``1000 * batch / mean(execute ms)``) at least the published figure of its batch size
+    minus ``relative_tolerance``. ``published`` is ``gating.bench.published_record``'s
+    record; its name and source are in every message. Fails, never passes or skips,
+    when the batch size has no published figure, when the figure was not measured,
+    or (``require_runtime_clock``) when it was timed by the wall clock instead of the
+    runtime's own execute time."""
+    batch = int(figure["batch_size"])  # type: ignore[call-overload]
+    label = f"batch {batch}, published table {published['name']!r} ({published['source']})"
+    table = published["table"]
+    value = table.get(str(batch)) if isinstance(table, Mapping) else None
+    if value is None:
+        return GateVerdict(EXIT_GATE_FAILED, f"gate FAILED: {label}: no published figure for batch {batch} "
+                                             f"(it has {', '.join(sorted(table, key=int)) or 'none'})")
+    rate = figure.get("images_per_second")
+    if rate is None:
+        return GateVerdict(EXIT_GATE_FAILED, f"gate FAILED: {label}: the throughput was not measured "
+                                             f"(no execute time from {figure.get('execute_clock', '?')})")
+    if require_runtime_clock and not figure.get("runtime_timed"):
+        return GateVerdict(EXIT_GATE_FAILED, f"gate FAILED: {label}: timed by {figure.get('execute_clock', '?')}, "
+                                             "not the runtime's own execute time: not measured as ais_bench does")
+    floor = float(value) * (1 - relative_tolerance)  # type: ignore[arg-type]
+    wall = figure.get("wall_clock_images_per_second")
+    line = (f"{float(rate):.3f} img/s (1000 * batch / mean execute ms; {figure.get('execute_clock', '?')})"  # type: ignore[arg-type]
+            + (f", wall clock {float(wall):.3f} img/s" if wall is not None else "")  # type: ignore[arg-type]
+            + f"; published {value}, floor {floor:.3f}; {label}")
+    if float(rate) >= floor:  # type: ignore[arg-type]
+        return GateVerdict(EXIT_OK, f"gate passed: {line}")
+    return GateVerdict(EXIT_GATE_FAILED, f"gate FAILED: {line}")

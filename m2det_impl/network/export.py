@@ -2,9 +2,9 @@
 
 The guide's exporter names the outputs ``("scores", "boxes")`` while the network
 returns ``(loc, scores)``, then patches the order back with ``atc
---out-nodes="Softmax_1234:0;Reshape_1231:0"``, node names that change with
+--out_nodes="Softmax_1234:0;Reshape_1231:0"``, node names that change with
 every torch release. Here the network returns ``(scores, loc)`` and the ONNX
-outputs carry those names in that order, so ``atc`` needs no ``--out-nodes``.
+outputs carry those names in that order, so ``atc`` needs no ``--out_nodes``.
 
 A static-batch export is folded free of shape arithmetic: torch emits
 ``Shape -> Slice -> Concat`` to build the ``sizes`` input of every ``Resize``,
@@ -449,7 +449,7 @@ def atc_argv(
     """The ``atc`` arguments that build one static-batch ``.om`` (reference section 9).
 
     ``output`` defaults to ``<onnx stem>_bs<batch>`` beside the ONNX file (the
-    stem alone when it already ends so; ``atc`` appends ``.om`` itself). No ``--out-nodes``: the ONNX outputs are
+    stem alone when it already ends so; ``atc`` appends ``.om`` itself). No ``--out_nodes``: the ONNX outputs are
     already ``scores, loc`` in that order.
     """
     if isinstance(batch, bool) or int(batch) != batch or batch < 1:

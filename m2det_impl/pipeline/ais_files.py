@@ -190,11 +190,16 @@ def _read_values(path: Path) -> np.ndarray:
 
 
 def _element_count(path: Path) -> "int | None":
-    """How many values an .npy (from its header) or .txt (by parsing) output holds; None if unreadable."""
+    """How many values an .npy (from its header) or .txt (whitespace-separated tokens, counted
+    without parsing them: read_pair parses and checks again) output holds; None if unreadable."""
     try:
         if path.suffix == ".npy":
             return int(np.prod(np.load(path, mmap_mode="r", allow_pickle=False).shape))
-        return int(_read_values(path).size)
+        text = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+        blank = (text == 32) | (text == 10) | (text == 13) | (text == 9)
+        if blank.size == 0:
+            return 0
+        return int(np.count_nonzero(blank[:-1] & ~blank[1:])) + int(not blank[0])
     except (OSError, ValueError):
         return None
 
@@ -212,10 +217,10 @@ def _write_values(path: Path, array: np.ndarray, outfmt: str) -> None:
         buffer = io.BytesIO()
         np.save(buffer, array)
         atomic_write_bytes(path, buffer.getvalue())
-    else:  # TXT, as ais_bench: rows of the last axis, "%f" and a space after each value
-        rows = array.reshape(-1, array.shape[-1])
-        text = "".join(" ".join(f"{v:f}" for v in row) + " \n" for row in rows)
-        atomic_write_bytes(path, text.encode("ascii"))
+    else:  # TXT, as ais_bench: rows of the last axis, "%f" and a space after each value, then a newline
+        buffer = io.BytesIO()
+        np.savetxt(buffer, array.reshape(-1, array.shape[-1]), fmt="%f", delimiter=" ", newline=" \n")
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 def _timing(values: List[float]) -> Dict[str, float]:

@@ -13,10 +13,12 @@ from m2det_impl.gating.bench import (
     measure_host,
     measure_inference,
     measure_side_by_side,
+    published_record,
     reference_postprocess_cases,
 )
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.pipeline.dataset import Dataset
+from m2det_impl.published import DEFAULT_PUBLISHED
 from m2det_impl.workflows.models import ModelSpec
 from m2det_impl.workflows.run import category_ids_for
 
@@ -28,14 +30,18 @@ Echo = Callable[[str], None]
 def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike, *,
           batch_sizes: Sequence[int] = (1,), warmup: int = 1, repeats: int = 3, host_images: int = 200,
           end_to_end: bool = True, loader_threads: int = 2, versus: Optional[ModelSpec] = None,
-          echo: Echo = print, log: Echo = print) -> int:
+          published: str = DEFAULT_PUBLISHED, echo: Echo = print, log: Echo = print) -> int:
     """``m2det bench``: measure, write bench.json and bench.md, print the table.
+
+    ``published`` names the published table (``m2det_impl.published.published_names()``)
+    the figures are shown beside; its name, source and figures are recorded in bench.json.
 
     With ``versus`` a second backend's pure inference is measured side by side
     with the first (alternating repeats) and the speed ratio reported. The
     output folder is checked before anything is measured."""
     from m2det_impl.pipeline.preprocess import load_and_preprocess
 
+    table = published_record(published)  # an unknown name fails before any work
     model.preflight()
     out = ensure_output_folder(output)
     records = dataset.records
@@ -47,7 +53,7 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
         other = versus.create(cfg, log=log) if versus is not None else None
         data: Dict[str, object] = {"backend": getattr(backend, "name", model.backend), "size": cfg.size,
                                    "machine": machine_info(), "warmup": warmup, "repeats": repeats,
-                                   "inference": [], "end_to_end": []}
+                                   "published": table, "inference": [], "end_to_end": []}
         for b in batch_sizes:
             if other is None:
                 log(f"pure inference, batch {b} ...")
@@ -64,8 +70,9 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
                                                   "inference": [], "speed_ratio": {}})
                 side["inference"].append(rows[names[1]])
                 side["speed_ratio"][str(b)] = rows[names[0]]["median_s_per_batch"] / rows[names[1]]["median_s_per_batch"]
-                log(f"batch {b}: {names[1]} {rows[names[1]]['images_per_second']:.3f} img/s, {names[0]} "
-                    f"{rows[names[0]]['images_per_second']:.3f} img/s: {side['speed_ratio'][str(b)]:.2f}x")
+                log(f"batch {b}: {names[1]} {rows[names[1]]['wall_clock_images_per_second']:.3f} img/s, {names[0]} "
+                    f"{rows[names[0]]['wall_clock_images_per_second']:.3f} img/s (wall clock): "
+                    f"{side['speed_ratio'][str(b)]:.2f}x")
         if not (not end_to_end):
             for b in batch_sizes:
                 log(f"end to end over {len(records)} images, batch {b}, paired with pure inference ...")

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Optional
 from m2det_impl._io import PathLike
 from m2det_impl.backends.cache import cached_onnx
 from m2det_impl.backends.registry import BACKENDS
-from m2det_impl.errors import UsageError
+from m2det_impl.errors import BackendUnavailableError, UsageError
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.network.model import load_model, weights_tag
 
@@ -83,7 +83,8 @@ def make_backend(kind: str, cfg: M2DetConfig, *, weights: Optional[PathLike] = N
     cached export of ``weights``; ``onnxruntime-int8`` uses ``onnx_path`` (a QDQ
     model) or the cached int8 model of ``weights`` calibrated on ``calib_images``
     images of ``calib`` (:func:`m2det_impl.precision.int8.cached_int8`); ``om``
-    needs ``om_path`` and an Ascend runtime."""
+    needs ``om_path`` and an Ascend runtime; ``onnxruntime-cann`` runs ``onnx_path``
+    or the cached export on NPU ``device_id`` through ``onnxruntime-cann``."""
     from m2det_impl import backends
 
     if kind not in BACKENDS:
@@ -107,8 +108,26 @@ def make_backend(kind: str, cfg: M2DetConfig, *, weights: Optional[PathLike] = N
         backend = backends.OnnxRuntimeBackend(path, threads=threads)
         backend.name = "onnxruntime-int8"
         return backend
+    if kind == "onnxruntime-cann":
+        return _onnxruntime_cann(cfg, weights, onnx_path, device_id, threads, log)
     if kind == "om":
         if om_path is None:
             raise UsageError("the om backend needs an .om model: give --om PATH")
         return backends.OmBackend(om_path, device_id=device_id)
     raise UsageError(f"backend {kind!r} is known but cannot be built by this job")
+
+
+def _onnxruntime_cann(cfg: M2DetConfig, weights: Optional[PathLike], onnx_path: Optional[PathLike],
+                      device_id: int, threads: Optional[int], log):
+    """``onnxruntime-cann``: the ONNX export (given or cached) through the CANNExecutionProvider.
+    The provider is checked before anything is exported."""
+    from m2det_impl.backends.onnxruntime_backend import cann_provider_options, onnxruntime_cann_backend
+    from m2det_impl.backends.registry import availability
+
+    cann_provider_options(device_id=device_id)  # a bad device id fails first
+    ok, why = availability("onnxruntime-cann")
+    if not ok:
+        raise BackendUnavailableError(f"backend onnxruntime-cann: {why}; install onnxruntime-cann (instead of "
+                                      "onnxruntime) on an Ascend host with the CANN toolkit")
+    path = Path(onnx_path) if onnx_path else cached_onnx(cfg, weights, log=log)
+    return onnxruntime_cann_backend(path, threads=threads, device_id=device_id)

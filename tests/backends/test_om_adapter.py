@@ -1,17 +1,34 @@
 """The .om adapter's logic, against FAKE Ascend runtimes (cpu layer).
 
-These are NOT tests of a 310P: the fake ``aclruntime`` module below follows
-the API documented in reference section 9 (session metas with ``name``/``shape``/
-``datatype``, ``Tensor(array).to_device(id)``, ``run(names, feeds)``,
-``to_host()`` then ``np.array(out)``) and the fake ``ais_bench`` follows
-``InferSession(device_id, path).infer([array])``. They check what the adapter
-does with them: lazy import, output mapping by name or shape, padding of the
-last partial batch, dtype handling, errors. The real runtime is exercised by
+These are NOT tests of a 310P. The fakes follow the real bindings in every
+point the adapter touches (reference section 9; /tmp notes on Ascend/tools
+@2023 "T" and ait @2024 "A"):
+
+- ``aclruntime``: ``session_options()`` is an object with exactly the
+  attributes ``loop``, ``log_level``, ``acl_json_path``;
+  ``InferenceSession(path, device_id, options)`` positional, metas
+  (``tensor_desc``) with ``name``, ``shape``, ``datatype`` (a pybind enum
+  printing ``dtype.float16``), ``format``, ``realsize``, ``size``;
+  ``Tensor(array).to_device(id)``, ``run(names, feeds)``, ``to_host()`` then
+  ``np.array(out)``; ``sumary()`` (sic) whose ``exec_time_list`` gains one
+  entry (ms) per execute (``loop`` per run); ``reset_sumaryinfo()``;
+  ``finalize()``; NO ``free_resource`` and NO ``__version__``.
+- ``ais_bench`` 2023 (T): ``InferSession(device_id, model_path, acl_json_path=None,
+  debug=False, loop=1)``, ``infer(feeds, mode="static", custom_sizes=100000)``,
+  ``sumary()``, instance ``finalize()``; no ``summary``, no ``free_resource``.
+- ``ais_bench`` in newer ait (A): ``summary()`` whose ``exec_time_list`` holds
+  ``(start, end)`` pairs, ``free_resource()``, and ``finalize`` a staticmethod
+  that finalizes the whole ACL runtime (so the adapter must not call it).
+
+They check what the adapter does with them: lazy import, output mapping by
+name or shape, padding of the last partial batch, dtype handling, execute
+times, release, errors. The real runtime is exercised by
 tests/hardware/test_npu.py (``npu`` marker).
 """
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import types
@@ -25,11 +42,36 @@ from m2det_impl.errors import BackendUnavailableError, InputFileError, ModelOutp
 pytestmark = pytest.mark.cpu
 
 P, C, S = 6, 5, 4  # tiny model: 6 priors, 5 classes, 4x4 input
+EXEC_MS = 7.25  # what the fake device "takes" per execute
+
+
+class DType:
+    """A pybind11 enum value of ``aclruntime.dtype``: ``str`` gives ``dtype.<name>``."""
+
+    _values = {"float32": 0, "float16": 1, "int8": 2, "int32": 3, "uint8": 4, "int16": 6, "uint16": 7,
+               "uint32": 8, "int64": 9, "uint64": 10, "double": 11, "bool": 12}
+
+    def __init__(self, name):
+        self.name, self.value = name, self._values[name]
+
+    def __str__(self):
+        return f"dtype.{self.name}"
+
+    def __repr__(self):
+        return f"<dtype.{self.name}: {self.value}>"
+
+    def __int__(self):
+        return self.value
 
 
 class Meta:
-    def __init__(self, name, shape, datatype="dtype.float32"):
-        self.name, self.shape, self.datatype = name, list(shape), datatype
+    """``aclruntime.tensor_desc``."""
+
+    def __init__(self, name, shape, datatype="float32"):
+        self.name, self.shape, self.datatype = name, list(shape), DType(datatype)
+        self.format = 0  # NCHW
+        count = int(np.prod([max(d, 0) for d in self.shape]))
+        self.realsize = self.size = count * (2 if datatype == "float16" else 4)
 
 
 def expected_outputs(batch: np.ndarray):
@@ -42,9 +84,9 @@ def expected_outputs(batch: np.ndarray):
 
 
 class FakeModel:
-    """Shared state of one fake .om: its metas, and a log of what it was fed."""
+    """Shared state of one fake .om: its metas, and a log of what it was fed and how it was released."""
 
-    def __init__(self, batch=2, outputs=None, input_dtype="dtype.float32", flat_scores=False):
+    def __init__(self, batch=2, outputs=None, input_dtype="float32", flat_scores=False):
         self.batch = batch
         scores_shape = [batch * P, C] if flat_scores else [batch, P, C]
         self.inputs = [Meta("image", [batch, 3, S, S], input_dtype)]
@@ -52,7 +94,8 @@ class FakeModel:
                                    Meta("Softmax_1:0:scores", scores_shape)]
         self.fed = []
         self.devices = []
-        self.freed = 0
+        self.released = []
+        self.options = []
 
     def compute(self, array):
         self.fed.append(np.array(array))
@@ -62,7 +105,19 @@ class FakeModel:
 
 
 def fake_aclruntime(model: FakeModel) -> types.ModuleType:
-    mod = types.ModuleType("aclruntime")
+    mod = types.ModuleType("aclruntime")  # no __version__, as the real module
+
+    class session_options:  # noqa: N801 - the binding's name
+        __slots__ = ("loop", "log_level", "acl_json_path")  # def_readwrite, nothing else
+
+        def __init__(self):
+            self.loop, self.log_level, self.acl_json_path = 1, 2, ""
+
+    class sumary:  # noqa: N801 - sic, the binding's name
+        __slots__ = ("exec_time_list",)
+
+        def __init__(self, times):
+            self.exec_time_list = list(times)
 
     class Tensor:
         def __init__(self, array):
@@ -82,8 +137,13 @@ def fake_aclruntime(model: FakeModel) -> types.ModuleType:
 
     class InferenceSession:
         def __init__(self, path, device_id, options):
-            assert isinstance(options, dict)
-            self.path = path
+            assert isinstance(options, session_options), "options must be aclruntime.session_options()"
+            assert isinstance(path, str) and isinstance(device_id, int)
+            self.path, self._options, self._times = path, options, []
+            model.options.append(options)
+
+        def options(self):
+            return self._options
 
         def get_inputs(self):
             return model.inputs
@@ -94,40 +154,91 @@ def fake_aclruntime(model: FakeModel) -> types.ModuleType:
         def run(self, names, feeds):
             assert names == [m.name for m in model.outputs]
             assert len(feeds) == 1 and feeds[0].on_device is not None, "input not on the device"
-            outs = [Tensor(a) for a in model.compute(feeds[0].array)]
+            for _ in range(self._options.loop):
+                outs = [Tensor(a) for a in model.compute(feeds[0].array)]
+                self._times.append(EXEC_MS)
             for t in outs:
                 t.on_device = 0
             return outs
 
-        def free_resource(self):
-            model.freed += 1
+        def sumary(self):
+            return sumary(self._times)
 
+        def reset_sumaryinfo(self):
+            self._times.clear()
+
+        def finalize(self):
+            model.released.append("InferenceSession.finalize")
+
+    mod.session_options = session_options
+    mod.sumary = sumary
     mod.Tensor = Tensor
     mod.InferenceSession = InferenceSession
-    mod.session_options = lambda: {}
+    mod.dtype = types.SimpleNamespace(**{n: DType(n) for n in DType._values})
     return mod
 
 
-def fake_ais_bench(model: FakeModel) -> types.ModuleType:
+def fake_ais_bench(model: FakeModel, generation: str = "2023") -> types.ModuleType:
+    """``ais_bench.infer.interface`` of the 2023 tools (T) or of newer ait (A), over the fake aclruntime."""
     interface = types.ModuleType("ais_bench.infer.interface")
+    acl = fake_aclruntime(model)
 
-    class InferSession:
-        def __init__(self, device_id, model_path):
-            self.device_id = device_id
+    class InferSession2023:
+        def __init__(self, device_id, model_path, acl_json_path=None, debug=False, loop=1):
+            options = acl.session_options()
+            options.log_level = 1 if debug else 2
+            options.loop = loop
+            self.session = acl.InferenceSession(model_path, device_id, options)
 
         def get_inputs(self):
-            return model.inputs
+            return self.session.get_inputs()
 
         def get_outputs(self):
-            return model.outputs
+            return self.session.get_outputs()
 
-        def infer(self, feeds):
-            return model.compute(feeds[0])
+        def infer(self, feeds, mode="static", custom_sizes=100000):
+            tensor = acl.Tensor(feeds[0])
+            tensor.to_device(0)
+            outs = self.session.run([m.name for m in model.outputs], [tensor])
+            for o in outs:
+                o.to_host()
+            return [np.array(o) for o in outs]
+
+        def reset_sumaryinfo(self):
+            self.session.reset_sumaryinfo()
+
+        def sumary(self):
+            return self.session.sumary()
+
+        def finalize(self):
+            model.released.append("InferSession.finalize")
+
+    class InferSessionAit(InferSession2023):
+        sumary = None  # gone in ait: summary() replaces it
+        reset_sumaryinfo = None
+
+        def infer(self, feeds, mode="static", custom_sizes=100000, out_array=True):
+            return super().infer(feeds, mode, custom_sizes)
+
+        def summary(self):
+            # (start, end) ms from the session's zero point, as ait's execTimeList
+            pairs, t = [], 100.0
+            for ms in self.session.sumary().exec_time_list:
+                pairs.append((t, t + ms))
+                t += ms + 3.0
+            return acl.sumary(pairs)
+
+        def reset_summaryinfo(self):
+            self.session.reset_sumaryinfo()
 
         def free_resource(self):
-            model.freed += 1
+            model.released.append("InferSession.free_resource")
 
-    interface.InferSession = InferSession
+        @staticmethod
+        def finalize():
+            model.released.append("aclruntime finalize: the whole ACL runtime")
+
+    interface.InferSession = InferSession2023 if generation == "2023" else InferSessionAit
     return interface
 
 
@@ -229,7 +340,7 @@ def test_static_batch_pads_the_last_chunk_and_drops_the_padding(om_file, only_ac
 
 
 def test_float16_input_models_get_float16(om_file, only_aclruntime):
-    model = only_aclruntime(FakeModel(batch=1, input_dtype="dtype.float16"))
+    model = only_aclruntime(FakeModel(batch=1, input_dtype="float16"))
     backend = OmBackend(om_file, num_classes=C)
     scores, _ = backend.infer(_images(1))
     assert model.fed[0].dtype == np.float16
@@ -244,32 +355,73 @@ def test_dynamic_batch_om_is_refused(om_file, only_aclruntime):
         OmBackend(om_file, num_classes=C)
 
 
-def test_close_frees_the_session(om_file, only_aclruntime):
+def test_close_finalizes_the_aclruntime_session(om_file, only_aclruntime):
     model = only_aclruntime(FakeModel(batch=1))
-    with OmBackend(om_file, num_classes=C):
+    with OmBackend(om_file, num_classes=C) as backend:
         pass
-    assert model.freed == 1
+    assert model.released == ["InferenceSession.finalize"]
+    assert backend.runner is None
+
+
+def test_session_options_are_the_bindings_object_with_loop_one(om_file, only_aclruntime):
+    model = only_aclruntime(FakeModel(batch=1))
+    OmBackend(om_file, num_classes=C).close()
+    (options,) = model.options
+    assert (options.loop, options.log_level, options.acl_json_path) == (1, 2, "")
+
+
+def test_execute_times_are_aclruntimes_own(om_file, only_aclruntime):
+    """One exec_time_list entry per execute, whatever the wall clock says; 3 images at batch 2 = 2 executes."""
+    only_aclruntime(FakeModel(batch=2))
+    with OmBackend(om_file, num_classes=C) as backend:
+        backend.infer(_images(3))
+        backend.infer(_images(1))
+        assert backend.execute_times_ms == [EXEC_MS] * 3
+        assert backend.runtime_timed and "sumary().exec_time_list" in backend.execute_clock
+        backend.runner.session.reset_sumaryinfo()  # a reset behind the adapter's back is survived
+        backend.infer(_images(2))
+        assert backend.execute_times_ms == [EXEC_MS] * 4
 
 
 # ------------------------------------------------------------------ runtimes
-def test_ais_bench_is_preferred_when_present(om_file, monkeypatch):
-    model = FakeModel(batch=2)
-    interface = fake_ais_bench(model)
+def _install_ais_bench(monkeypatch, model, generation):
+    interface = fake_ais_bench(model, generation)
     infer_pkg = types.ModuleType("ais_bench.infer")
     infer_pkg.interface = interface
-    pkg = types.ModuleType("ais_bench")
+    pkg = types.ModuleType("ais_bench")  # empty __init__, no __version__
     pkg.infer = infer_pkg
     monkeypatch.setitem(sys.modules, "ais_bench", pkg)
     monkeypatch.setitem(sys.modules, "ais_bench.infer", infer_pkg)
     monkeypatch.setitem(sys.modules, "ais_bench.infer.interface", interface)
     monkeypatch.setitem(sys.modules, "aclruntime", None)
+
+
+@pytest.mark.parametrize("generation, release, clock", [
+    ("2023", ["InferSession.finalize"], "sumary()"),
+    ("ait", ["InferSession.free_resource"], "summary()"),
+])
+def test_ais_bench_is_preferred_when_present(om_file, monkeypatch, generation, release, clock):
+    model = FakeModel(batch=2)
+    _install_ais_bench(monkeypatch, model, generation)
     backend = OmBackend(om_file, num_classes=C)
     assert backend.runner.kind == "ais_bench"
     images = _images(3)
     scores, loc = backend.infer(images)
     assert np.array_equal(loc, expected_outputs(images)[1])
+    # ait's (start, end) pairs become end - start: the same figure as the 2023 tools' ms
+    assert backend.execute_times_ms == [EXEC_MS, EXEC_MS] and clock in backend.execute_clock
     backend.close()
-    assert model.freed == 1
+    assert model.released == release  # never ait's static finalize, which ends the whole ACL runtime
+
+
+def test_a_missing_execute_time_is_not_measured_not_wall_clock(om_file, only_aclruntime):
+    """A run that adds no exec_time_list entry records NaN: a gate then fails as unmeasured."""
+    only_aclruntime(FakeModel(batch=1))
+    with OmBackend(om_file, num_classes=C) as backend:
+        backend.runner.session.run = lambda names, feeds, run=backend.runner.session.run: (
+            run(names, feeds), backend.runner.session.reset_sumaryinfo())[0]
+        backend.infer(_images(1))
+        assert math.isnan(backend.execute_times_ms[0])
 
 
 def test_without_a_runtime_the_error_says_what_to_install(om_file, monkeypatch):

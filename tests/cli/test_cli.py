@@ -260,11 +260,23 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, golden_model, capsys):
 def test_bench_writes_json_and_markdown(tmp_path, onnx_path):
     assert main(["bench", "--onnx", str(onnx_path), "--limit", "2", "--batch-sizes", "1", "--repeats", "1",
                  "--warmup", "0", "--host-images", "8", "--no-end-to-end", "--output", str(tmp_path),
-                 "--quiet"]) == EXIT_OK
+                 "--published", "modelzoo-current", "--quiet"]) == EXIT_OK
     data = json.loads((tmp_path / "bench.json").read_text())
-    assert data["inference"][0]["batch_size"] == 1 and data["inference"][0]["images_per_second"] > 0
+    row = data["inference"][0]
+    assert row["batch_size"] == 1 and row["images_per_second"] == pytest.approx(1000.0 / row["execute_ms"][0])
+    assert row["wall_clock_images_per_second"] > 0 and row["execute_clock"] and row["wall_clock"]
     assert data["host"]["images"] == 8 and data["machine"]["cores"] == os.cpu_count()
-    assert "| 1 |" in (tmp_path / "bench.md").read_text()
+    assert data["published"]["name"] == "modelzoo-current" and data["published"]["table"]["1"] == 45.349
+    text = (tmp_path / "bench.md").read_text()
+    assert "| 1 |" in text and "modelzoo-current" in text and "45.349" in text
+
+
+def test_bench_published_takes_only_known_tables(capsys):
+    with pytest.raises(SystemExit) as info:  # argparse's usage error, before any work
+        main(["bench", "--published", "nosuch", "--quiet"])
+    assert info.value.code == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "--published" in err and "modelzoo-current" in err
 
 
 def test_report_over_run_folders(tmp_path, full_run):
@@ -294,4 +306,4 @@ def test_export_writes_static_onnx_and_atc_script(tmp_path, capsys):
     script = (tmp_path / "atc_build.sh").read_text()
     assert (f"atc --framework=5 --model={onnx_file} --input_format=NCHW --input_shape=image:1,3,512,512 "
             f"--output={tmp_path / 'm2det512_bs1'} --log=error --soc_version=Ascend310P3") in script
-    assert "--out-nodes" not in script
+    assert "--out_nodes" not in script

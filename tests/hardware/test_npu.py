@@ -1,15 +1,21 @@
-"""The .om on an Ascend NPU against ONNX Runtime (npu layer).
+"""The NPU routes against ONNX Runtime (npu layer): the ``.om`` (atc +
+aclruntime / ais_bench) and ``onnxruntime-cann`` (ONNX Runtime's
+CANNExecutionProvider on the same ONNX export), under the same checks.
 
-Skips without an Ascend device, without ``aclruntime``/``ais_bench`` or without
-an ``.om`` (``--om PATH``, repeatable, or ``M2DET_OM``). The ``.om`` must be
-built (``m2det_impl.export.atc_command``) from the weights the reference uses:
-golden weights (salt 0) by default, or the checkpoint given by ``--weights``.
-The ONNX Runtime reference is computed here, or read from ``--load-outputs
-DIR`` (frozen elsewhere with ``--save-outputs DIR``), so the NPU host needs
-neither the model nor much CPU. Bounds: fixtures/tolerances.json,
-``om/onnxruntime@<weights>``: cosine >= 0.999 per output and image, and with
-a trained checkpoint detection agreement >= 0.99. With golden weights the
-agreement is printed, not gated (the file's ``_note`` says why).
+The routes are the registry's ``npu`` backends. The ``.om`` route skips
+without an Ascend device, without ``aclruntime``/``ais_bench`` or without an
+``.om`` (``--om PATH``, repeatable, or ``M2DET_OM``); the ``onnxruntime-cann``
+route skips without an Ascend device or without onnxruntime-cann with
+CANNExecutionProvider, and runs the reference's own ONNX export. The ``.om``
+must be built (``m2det_impl.export.atc_command``) from the weights the
+reference uses: golden weights (salt 0) by default, or the checkpoint given by
+``--weights``. The ONNX Runtime reference is computed here, or read from
+``--load-outputs DIR`` (frozen elsewhere with ``--save-outputs DIR``), so the
+NPU host needs neither the model nor much CPU. Bounds:
+m2det_impl/data/tolerances.json, ``<route>/onnxruntime@<weights>``: cosine >=
+0.999 per output and image, and with a trained checkpoint detection agreement
+>= 0.99. With golden weights the agreement is printed, not gated (the file's
+``_note`` says why).
 """
 
 from __future__ import annotations
@@ -20,43 +26,85 @@ import os
 import pytest
 
 from m2det_impl.backends import OmBackend
+from m2det_impl.backends.registry import availability, backend_names
 from m2det_impl.evaluation.agreement import detection_agreement
 from m2det_impl.evaluation.metrics import compare_runs
 from m2det_impl.evaluation.tolerances import Tolerances
 
 pytestmark = pytest.mark.npu
 
+NPU_ROUTES = backend_names("npu")
+REFERENCE_CHUNK = 4  # images per call of a dynamic-batch route: bounds the activations' memory
+
 
 @pytest.fixture(scope="session")
-def ascend_device(npu_runtime, device_id) -> int:
+def davinci(device_id) -> int:
     if not glob.glob(f"/dev/davinci{device_id}"):
         pytest.skip(f"no Ascend device /dev/davinci{device_id} (the driver exposes one per NPU)")
     return device_id
 
 
+@pytest.fixture(scope="session")
+def ascend_device(npu_runtime, davinci) -> int:
+    return davinci
+
+
+@pytest.fixture(scope="session")
+def cann_provider() -> str:
+    ok, why = availability("onnxruntime-cann")
+    if not ok:
+        pytest.skip(f"no onnxruntime-cann with CANNExecutionProvider ({why}): pip install onnxruntime-cann "
+                    "(instead of onnxruntime) on an Ascend host with the CANN toolkit")
+    return "CANNExecutionProvider"
+
+
+def _route_models(request, route: str, cfg512):
+    """``[(label, run name, open backend), ...]`` of one NPU route, or skip naming what is missing."""
+    if route == "om":
+        device = request.getfixturevalue("ascend_device")
+        return [(path.name, path,
+                 lambda p=path: OmBackend(p, device_id=device, num_classes=cfg512.num_classes))
+                for path in request.getfixturevalue("om_paths")]
+    if route == "onnxruntime-cann":
+        from m2det_impl.backends.onnxruntime_backend import onnxruntime_cann_backend
+
+        request.getfixturevalue("cann_provider")
+        device = request.getfixturevalue("davinci")
+        export = request.getfixturevalue("reference_export")
+        return [(f"onnxruntime-cann ({export.path.name})", export.path,
+                 lambda: onnxruntime_cann_backend(export.path, device_id=device))]
+    raise AssertionError(f"npu route {route!r} has no models here: add it to _route_models")
+
+
+def _run_name(route: str, backend) -> str:
+    return f"om-bs{backend.static_batch}" if route == "om" else route
+
+
+@pytest.mark.parametrize("route", NPU_ROUTES)
 @pytest.mark.parametrize("image_set", ["golden_images", "coco_images"])
-def test_om_matches_onnxruntime(request, image_set, om_paths, ascend_device, onnxruntime_reference,
-                                run_store, reference_tag, cfg512):
+def test_npu_matches_onnxruntime(request, route, image_set, onnxruntime_reference, run_store, reference_tag,
+                                 cfg512):
+    models = _route_models(request, route, cfg512)
     images = request.getfixturevalue(image_set)
     reference = onnxruntime_reference(images)
     tolerances = Tolerances.load()
-    pair = f"om/onnxruntime@{reference_tag}"
+    pair = f"{route}/onnxruntime@{reference_tag}"
     gated = "agreement" in tolerances.bounds(pair, "detections")
     failures = []
-    for path in om_paths:
-        with OmBackend(path, device_id=ascend_device, num_classes=cfg512.num_classes) as backend:
-            run = run_store.get(f"om-bs{backend.static_batch}", images, reference_tag,
-                                lambda: backend.infer(images.batch))
+    for label, path, open_backend in models:
+        with open_backend() as backend:
+            run = run_store.get(_run_name(route, backend), images, reference_tag,
+                                lambda: backend.infer(images.batch, max_batch=REFERENCE_CHUNK))
         metrics = compare_runs(run, reference, images.ids)
         agreements = detection_agreement(run, reference, images.sizes, cfg512, images.ids)
         if gated:
             assert sum(a.count_b for a in agreements) > 0, "the reference found no detection: the check is vacuous"
         report = tolerances.check(pair, metrics, agreements)
         worst = min(m.cosine for m in metrics)
-        print(f"{path.name} on {images.name}: lowest cosine {worst:.6f}, "
+        print(f"{label} on {images.name}: lowest cosine {worst:.6f}, "
               f"agreement {min(a.fraction for a in agreements):.4f}")
         if not report.ok:
-            failures.append(f"{path}:\n{report.message()}")
+            failures.append(f"{path} ({route}):\n{report.message()}")
     assert not failures, "\n".join(failures)
 
 

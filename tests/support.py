@@ -57,3 +57,17 @@ def perfect_outputs(annotation_file: Path, cfg, score: float = 0.9) -> Dict[str,
             scores[prior, cat_index[ann["category_id"]]] = score
         out[Path(image["file_name"]).stem] = (scores, loc, image)
     return out
+
+
+def decode_or_crash(path, cfg):
+    """A decode function for host worker processes that dies by SIGKILL on a
+    file whose name starts with ``crash`` (a decoder crashing on an image), and
+    decodes every other file as the pipeline does."""
+    import os
+    import signal
+
+    from m2det_impl.pipeline.preprocess import load_and_preprocess
+
+    if Path(path).name.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return load_and_preprocess(path, cfg)

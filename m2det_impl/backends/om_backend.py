@@ -134,6 +134,8 @@ def _open_runner(path: Path, device_id: int, runtime: Optional[str]):
 class OmBackend(Backend):
     """A static-batch ``.om`` on Ascend device ``device_id``.
 
+    aclruntime's ``run`` keeps the GIL while the NPU executes (:attr:`holds_gil`).
+
     ``runtime`` forces ``"ais_bench"`` or ``"aclruntime"``; by default the first
     importable. ``num_classes`` tells the scores output from loc by shape.
     Inputs are cast to the model's input type (float16 when ``atc`` was told
@@ -150,6 +152,7 @@ class OmBackend(Backend):
         self.num_classes = int(num_classes)
         self.runner = _open_runner(path, self.device_id, runtime)
         self.name = "om"
+        self.holds_gil = True
         session = self.runner.session
         inputs = list(session.get_inputs())
         outputs = list(session.get_outputs())

@@ -98,3 +98,17 @@ def fake_backend_factory(cfg):
         return AllBackground()
 
     return create
+
+
+def decode_or_crash(path, cfg):
+    """A decode function for host worker processes that dies by SIGKILL on a
+    file whose name starts with ``crash`` (a decoder crashing on an image), and
+    decodes every other file as the pipeline does."""
+    import os
+    import signal
+
+    from m2det_impl.pipeline.preprocess import load_and_preprocess
+
+    if Path(path).name.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return load_and_preprocess(path, cfg)

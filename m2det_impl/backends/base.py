@@ -52,6 +52,10 @@ class Backend(ABC):
     #: around one runtime call.
     execute_clock: str = "wall clock around one runtime call"
     static_batch: Optional[int] = None
+    #: True when the runtime keeps the GIL while the model runs (aclruntime's
+    #: ``run`` does): then no thread of this process runs Python meanwhile, and
+    #: the pipeline moves its host work into worker processes (pipeline.stream).
+    holds_gil: bool = False
     input_size: Optional[int] = None
     source: str = ""
 

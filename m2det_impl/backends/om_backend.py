@@ -198,6 +198,8 @@ def _open_runner(path: Path, device_id: int, runtime: Optional[str]):
 class OmBackend(Backend):
     """A static-batch ``.om`` on Ascend device ``device_id``.
 
+    aclruntime's ``run`` keeps the GIL while the NPU executes (:attr:`holds_gil`).
+
     ``runtime`` forces ``"ais_bench"`` or ``"aclruntime"``; by default the first
     importable. ``num_classes`` tells the scores output from loc by shape.
     Inputs are cast to the model's input type (float16 when ``atc`` was told
@@ -219,6 +221,7 @@ class OmBackend(Backend):
         self.runtime_timed = clock is not None
         if clock is not None:
             self.execute_clock = clock
+        self.holds_gil = True
         session = self.runner.session
         inputs = list(session.get_inputs())
         outputs = list(session.get_outputs())

@@ -24,7 +24,7 @@ class BackendEntry:
     and what it needs beyond that (an ONNX Runtime execution provider)."""
 
     name: str
-    device: str  # cpu, npu, gpu
+    device: str  # cpu, npu, gpu, sim (simulated)
     module: str  # import name of the runtime
     distributions: Tuple[str, ...]  # pip distributions that may carry it, first found wins
     provider: Optional[str] = None  # ONNX Runtime execution provider it needs
@@ -41,6 +41,8 @@ BACKENDS: Dict[str, BackendEntry] = {e.name: e for e in (
                  "an atc-built .om on an Ascend NPU through aclruntime / ais_bench"),
     BackendEntry("onnxruntime-cann", "npu", "onnxruntime", ("onnxruntime-cann", "onnxruntime"), "CANNExecutionProvider",
                  "ONNX Runtime's CANNExecutionProvider (pip onnxruntime-cann) on an Ascend NPU, from the ONNX export"),
+    BackendEntry("simulated-npu", "sim", "ctypes", (), None,
+                 "a fake 310P: holds the GIL a fixed time per image (aclruntime does), reference-shaped outputs"),
 )}
 
 

@@ -17,6 +17,7 @@ from m2det_impl.cli.commands import COMMANDS
 from m2det_impl.cli.common import (
     add_calibration_options,
     add_dataset_options,
+    add_host_option,
     add_model_options,
     int_list,
     log,
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore partial results from an interrupted run")
     p.add_argument("--skip-bad", action="store_true", help="record unreadable images and go on")
     p.add_argument("--loader-threads", type=positive_int, default=2, help="image decoding threads (default 2)")
+    add_host_option(p)
     p.add_argument("--no-report", action="store_true", help="skip the markdown/JSON/PNG report")
     p.add_argument("--min-ap", type=float, help="exit 1 when AP@[.50:.95] is below this (or was not measured)")
 
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host-images", type=positive_int, default=200, help="images for the host-side figure")
     p.add_argument("--no-end-to-end", action="store_true", help="pure inference only")
     p.add_argument("--loader-threads", type=positive_int, default=2, help="image decoding threads (default 2)")
+    add_host_option(p)
     p.add_argument("--output", default="m2det-bench", help="folder for bench.json and bench.md")
     p.add_argument("--versus", choices=backend_names(),
                    help="also measure this backend's pure inference side by side (repeats alternating) and print "

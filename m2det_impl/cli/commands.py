@@ -21,7 +21,7 @@ def cmd_run(args) -> int:
 
     return run(dataset_from(args), config_from(args), model_from(args), args.out, batch_size=args.batch_size,
                shard=args.shard, fresh=args.fresh, skip_bad=args.skip_bad, loader_threads=args.loader_threads,
-               report=not args.no_report, min_ap=args.min_ap, progress=not args.quiet, echo=echo, log=log)
+               host=args.host, report=not args.no_report, min_ap=args.min_ap, progress=not args.quiet, echo=echo, log=log)
 
 
 def cmd_evaluate(args) -> int:
@@ -81,8 +81,8 @@ def cmd_bench(args) -> int:
         versus = type(versus)(**{**versus.__dict__, "onnx": args.versus_onnx, "om": None})
     return bench(dataset_from(args), config_from(args), model_from(args), args.output, batch_sizes=args.batch_sizes,
                  warmup=args.warmup, repeats=args.repeats, host_images=args.host_images,
-                 end_to_end=not args.no_end_to_end, loader_threads=args.loader_threads, versus=versus,
-                 published=args.published, echo=echo, log=log)
+                 end_to_end=not args.no_end_to_end, loader_threads=args.loader_threads, host=args.host,
+                 versus=versus, published=args.published, echo=echo, log=log)
 
 
 def cmd_report(args) -> int:

@@ -9,7 +9,7 @@ from typing import List
 from m2det_impl.backends.registry import backend_names
 
 __all__ = ["log", "echo", "positive_int", "int_list", "add_dataset_options", "dataset_from", "add_model_options",
-           "add_calibration_options", "model_from", "config_from", "DEFAULT_CALIBRATION_IMAGES"]
+           "add_calibration_options", "add_host_option", "model_from", "config_from", "DEFAULT_CALIBRATION_IMAGES"]
 
 DEFAULT_CALIBRATION_IMAGES = 16  # precision.int8.DEFAULT_CALIBRATION_IMAGES (a test holds the two equal)
 
@@ -32,6 +32,23 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_host_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", choices=("auto", "threads", "processes"), default="auto",
+                   help="where decoding and post-processing run: threads, or worker processes (needed when the "
+                        "runtime keeps the GIL, as aclruntime does); auto: processes for such runtimes on "
+                        "longer runs (default auto)")
 
 
 def int_list(text: str) -> List[int]:
@@ -74,6 +91,9 @@ def add_model_options(p: argparse.ArgumentParser, backends: bool = True, batch: 
         g.add_argument("--om", help=".om model for --backend om")
         g.add_argument("--device-id", type=int, default=0, help="NPU device id (default 0)")
         g.add_argument("--threads", type=int, help="intra-op threads for onnxruntime/torch (default: all cores)")
+        g.add_argument("--sim-ms-per-image", type=non_negative_float, default=15.0,
+                       help="--backend simulated-npu: simulated device time per image, the GIL held (default 15: "
+                            "a 310P3 at about 66 img/s)")
         if batch:
             g.add_argument("--batch-size", type=positive_int, default=1,
                            help="images per inference call (default 1)")
@@ -94,7 +114,8 @@ def model_from(args, backend: str = ""):
     return ModelSpec(backend=backend or getattr(args, "backend", "onnxruntime"), weights=args.weights,
                      onnx=getattr(args, "onnx", None), om=getattr(args, "om", None),
                      device_id=getattr(args, "device_id", 0), threads=getattr(args, "threads", None),
-                     calib=getattr(args, "calib", None), calib_images=getattr(args, "calib_images", None))
+                     calib=getattr(args, "calib", None), calib_images=getattr(args, "calib_images", None),
+                     sim_ms_per_image=getattr(args, "sim_ms_per_image", 15.0))
 
 
 def config_from(args):

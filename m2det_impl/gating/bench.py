@@ -27,7 +27,6 @@ import numpy as np
 from m2det_impl.errors import M2DetError
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.published import DEFAULT_PUBLISHED, HOST_SCRIPTS_IMAGES_PER_SECOND, PUBLISHED_SOURCES, throughput_table
-from m2det_impl.resources import POSTPROCESS_CASES_FILE
 
 __all__ = [
     "machine_info",
@@ -70,18 +69,12 @@ def _timed_repeats(fn: Callable[[], object], warmup: int, repeats: int) -> List[
 
 
 def reference_postprocess_cases() -> List[tuple]:
-    """(scores [P, C], loc [P, 4]) of the package's data/postprocess_cases.npz (the reference's post-processing cases):
-    raw outputs shaped like a trained M2Det512's, for host-side timing."""
-    path = POSTPROCESS_CASES_FILE
-    cases = []
-    with np.load(path) as data:
-        k = 0
-        while f"loc_{k}" in data:
-            scores = np.zeros((data[f"loc_{k}"].shape[0], 81), np.float32)
-            scores[data[f"scores_rows_{k}"], data[f"scores_cols_{k}"]] = data[f"scores_vals_{k}"]
-            cases.append((scores, data[f"loc_{k}"]))
-            k += 1
-    return cases
+    """(scores [P, C], loc [P, 4]) of the reference's post-processing cases
+    (package data): raw outputs shaped like a trained M2Det512's, for host-side
+    timing (:func:`m2det_impl.backends.simulated.reference_outputs`)."""
+    from m2det_impl.backends.simulated import reference_outputs
+
+    return reference_outputs()
 
 
 WALL_CLOCK_LABEL = "wall clock around backend.infer (host copies and casts included), median of repeats"
@@ -163,16 +156,33 @@ def measure_host(records, cfg: M2DetConfig, outputs, category_ids, images: int =
 
 
 def measure_end_to_end(backend, records, cfg: M2DetConfig, category_ids, batch_size: int,
-                       repeats: int = 1, loader_threads: int = 2) -> Dict[str, float]:
+                       repeats: int = 1, loader_threads: int = 2, host: str = "auto") -> Dict[str, float]:
     """Files to COCO results through the streaming pipeline at one batch size,
     paired with pure inference over the same images in the same batches.
 
     The two alternate (pure, pipeline, pure, pipeline, ...) so both see the
     same machine load: on a shared machine, figures taken minutes apart differ
     by more than the overlap costs. ``ratio`` is pipeline / pure images/s.
+
+    ``host`` as for ``run_pipeline``; the mode it comes to is resolved once,
+    and worker processes (if any) are started and warmed up (one untimed
+    batch-pair run) before timing: a long run pays their start-up once, which
+    ``start_s`` records.
     """
     from m2det_impl.pipeline.preprocess import load_and_preprocess
-    from m2det_impl.pipeline.stream import run_pipeline
+    from m2det_impl.pipeline.stream import choose_host, run_pipeline
+
+    mode = choose_host(host, backend, len(records), loader_threads)
+    start_s = 0.0
+    if mode == "processes":
+        from m2det_impl.pipeline.hostproc import running_host_processes, shared_host_processes
+
+        if not running_host_processes(loader_threads):
+            started = time.perf_counter()
+            shared_host_processes(loader_threads)
+            start_s = time.perf_counter() - started
+    run_pipeline(records[: 2 * batch_size], backend, cfg, category_ids, batch_size=batch_size,
+                 loader_threads=loader_threads, progress=False, host=mode)  # warm-up, untimed
 
     tensors = [load_and_preprocess(r.path, cfg)[0] for r in records]
     batches = [np.stack(tensors[i: i + batch_size]) for i in range(0, len(tensors), batch_size)]
@@ -184,13 +194,13 @@ def measure_end_to_end(backend, records, cfg: M2DetConfig, category_ids, batch_s
         pure.append(time.perf_counter() - start)
         start = time.perf_counter()
         run_pipeline(records, backend, cfg, category_ids, batch_size=batch_size, loader_threads=loader_threads,
-                     progress=False)
+                     progress=False, host=mode)
         e2e.append(time.perf_counter() - start)
     median, pure_median = statistics.median(e2e), statistics.median(pure)
     return {"batch_size": batch_size, "images": len(records), "median_s": median,
             "images_per_second": len(records) / median, "times_s": e2e,
             "pure_median_s": pure_median, "pure_images_per_second": len(records) / pure_median,
-            "pure_times_s": pure, "ratio": pure_median / median}
+            "pure_times_s": pure, "ratio": pure_median / median, "host": mode, "host_start_s": start_s}
 
 
 def bench_markdown(data: Dict[str, object]) -> str:
@@ -208,7 +218,7 @@ def bench_markdown(data: Dict[str, object]) -> str:
              "Pure inference is ais_bench's figure, 1000 * batch / mean(execute ms)"
              + (f", execute time: {clock}" if clock else "") + f"; wall clock: {WALL_CLOCK_LABEL}.", "",
              f"| batch | pure inference img/s | wall clock img/s | end to end img/s | e2e / pure (paired) | "
-             f"{published['platform']} published ({published['name']}) | T4 published (guide) |",
+             f"host work in | {published['platform']} published ({published['name']}) | T4 published (guide) |",
              "|---|---|---|---|---|---|---|"]
     e2e = {row["batch_size"]: row for row in data.get("end_to_end", [])}
 
@@ -220,7 +230,7 @@ def bench_markdown(data: Dict[str, object]) -> str:
         e = e2e.get(b)
         lines.append(
             f"| {b} | {fmt(row.get('images_per_second'))} | {fmt(row.get('wall_clock_images_per_second'))} | "
-            + (f"{e['images_per_second']:.3f} | {e['ratio']:.1%}" if e else "- | -")
+            + (f"{e['images_per_second']:.3f} | {e['ratio']:.1%} | {e.get('host', 'threads')}" if e else "- | - | -")
             + f" | {table.get(str(b), '-')} | {t4.get(b, '-')} |"
         )
     versus = data.get("versus")

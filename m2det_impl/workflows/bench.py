@@ -29,7 +29,7 @@ Echo = Callable[[str], None]
 
 def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike, *,
           batch_sizes: Sequence[int] = (1,), warmup: int = 1, repeats: int = 3, host_images: int = 200,
-          end_to_end: bool = True, loader_threads: int = 2, versus: Optional[ModelSpec] = None,
+          end_to_end: bool = True, loader_threads: int = 2, host: str = "auto", versus: Optional[ModelSpec] = None,
           published: str = DEFAULT_PUBLISHED, echo: Echo = print, log: Echo = print) -> int:
     """``m2det bench``: measure, write bench.json and bench.md, print the table.
 
@@ -77,7 +77,11 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
             for b in batch_sizes:
                 log(f"end to end over {len(records)} images, batch {b}, paired with pure inference ...")
                 data["end_to_end"].append(measure_end_to_end(backend, records, cfg, category_ids, b,
-                                                             repeats=repeats, loader_threads=loader_threads))
+                                                             repeats=repeats, loader_threads=loader_threads,
+                                                             host=host))
+                log(f"batch {b}: end to end {data['end_to_end'][-1]['images_per_second']:.2f} img/s "
+                    f"(host work in {data['end_to_end'][-1]['host']}), pure inference "
+                    f"{data['end_to_end'][-1]['pure_images_per_second']:.2f} img/s")
         if model.weights is None and cfg.size == 512:
             # Without a known trained checkpoint the backend may hold golden
             # (random) weights, which put ~47,000 scores above 0.1 in every

@@ -39,11 +39,12 @@ class ModelSpec:
     threads: Optional[int] = None
     calib: Optional[PathLike] = None
     calib_images: Optional[int] = None
+    sim_ms_per_image: float = 15.0  # simulated-npu: device time per image
 
     @property
     def golden(self) -> bool:
         """True when the run uses golden (untrained) weights."""
-        return self.weights is None and self.backend != "om" and not self.onnx
+        return self.weights is None and self.backend not in ("om", "simulated-npu") and not self.onnx
 
     def preflight(self) -> None:
         """Fail in the first second on what would otherwise fail after hours."""
@@ -57,7 +58,7 @@ class ModelSpec:
             log(GOLDEN_WARNING)
         return make_backend(self.backend, cfg, weights=self.weights, onnx_path=self.onnx, om_path=self.om,
                             device_id=self.device_id, threads=self.threads, log=log, calib=self.calib,
-                            calib_images=self.calib_images)
+                            calib_images=self.calib_images, sim_ms_per_image=self.sim_ms_per_image)
 
     def identity(self, cfg: M2DetConfig) -> Dict[str, object]:
         """What decides a run's numbers, recorded with its results (a resumed run must match it)."""
@@ -69,6 +70,8 @@ class ModelSpec:
             "weights": weights_tag(self.weights),
             "test": dict(vars(cfg.test)),
         }
+        if self.backend == "simulated-npu":
+            ident["sim_ms_per_image"] = self.sim_ms_per_image
         if self.backend == "onnxruntime-int8" and not self.onnx:
             ident["calibration"] = {"dir": str(Path(self.calib).resolve()) if self.calib else "bundled mini COCO",
                                     "images": self.calib_images}
@@ -78,13 +81,15 @@ class ModelSpec:
 def make_backend(kind: str, cfg: M2DetConfig, *, weights: Optional[PathLike] = None,
                  onnx_path: Optional[PathLike] = None, om_path: Optional[PathLike] = None,
                  device_id: int = 0, threads: Optional[int] = None, log=None,
-                 calib: Optional[PathLike] = None, calib_images: Optional[int] = None):
+                 calib: Optional[PathLike] = None, calib_images: Optional[int] = None,
+                 sim_ms_per_image: float = 15.0):
     """Build the backend a run asked for. ``onnxruntime`` uses ``onnx_path`` or a
     cached export of ``weights``; ``onnxruntime-int8`` uses ``onnx_path`` (a QDQ
     model) or the cached int8 model of ``weights`` calibrated on ``calib_images``
     images of ``calib`` (:func:`m2det_impl.precision.int8.cached_int8`); ``om``
     needs ``om_path`` and an Ascend runtime; ``onnxruntime-cann`` runs ``onnx_path``
-    or the cached export on NPU ``device_id`` through ``onnxruntime-cann``."""
+    or the cached export on NPU ``device_id`` through ``onnxruntime-cann``; ``simulated-npu``
+    is a fake 310P holding the GIL ``sim_ms_per_image`` per image (no model: size 512 only)."""
     from m2det_impl import backends
 
     if kind not in BACKENDS:
@@ -114,6 +119,8 @@ def make_backend(kind: str, cfg: M2DetConfig, *, weights: Optional[PathLike] = N
         if om_path is None:
             raise UsageError("the om backend needs an .om model: give --om PATH")
         return backends.OmBackend(om_path, device_id=device_id)
+    if kind == "simulated-npu":
+        return backends.SimulatedNpuBackend(sim_ms_per_image, input_size=cfg.size)
     raise UsageError(f"backend {kind!r} is known but cannot be built by this job")
 
 

@@ -28,7 +28,7 @@ def category_ids_for(annotations: Optional[PathLike], cfg: M2DetConfig) -> List[
 
 def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, batch_size: int = 1,
         shard: Optional[str] = None, fresh: bool = False, skip_bad: bool = False, loader_threads: int = 2,
-        report: bool = True, min_ap: Optional[float] = None, progress: bool = True,
+        host: str = "auto", report: bool = True, min_ap: Optional[float] = None, progress: bool = True,
         echo: Echo = print, log: Echo = print) -> int:
     """Run ``model`` over ``dataset`` into the folder ``out``; returns the exit code.
 
@@ -70,7 +70,8 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
         backend = model.create(cfg, log=log)
         try:
             outcome = run_pipeline(records, backend, cfg, category_ids, batch_size=batch_size, store=store,
-                                   skip_bad=skip_bad, loader_threads=loader_threads, progress=progress)
+                                   skip_bad=skip_bad, loader_threads=loader_threads, progress=progress,
+                                   host=host)
         finally:
             backend.close()
     finally:

@@ -39,6 +39,11 @@ BACKENDS: Dict[str, BackendEntry] = {e.name: e for e in (
     BackendEntry("torch", "cpu", "torch", ("torch",), None, "eager PyTorch, float32, on the CPU"),
     BackendEntry("om", "npu", "aclruntime", ("aclruntime", "ais_bench"), None,
                  "an atc-built .om on an Ascend NPU through aclruntime / ais_bench"),
+    # gpu layer (issue #15): both through onnxruntime-gpu, the same ONNX file and output contract
+    BackendEntry("onnxruntime-cuda", "gpu", "onnxruntime", ("onnxruntime-gpu", "onnxruntime"), "CUDAExecutionProvider",
+                 "ONNX Runtime's CUDA execution provider, float32 with TF32 off"),
+    BackendEntry("tensorrt", "gpu", "onnxruntime", ("onnxruntime-gpu",), "TensorrtExecutionProvider",
+                 "TensorRT fp16 through ONNX Runtime's TensorRT execution provider (engines cached)"),
 )}
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 
 from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 
-__all__ = ["GateVerdict", "min_ap_gate", "max_ap_drop_gate"]
+__all__ = ["GateVerdict", "min_ap_gate", "max_ap_drop_gate", "min_throughput_gate"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +50,19 @@ def max_ap_drop_gate(change: Optional[float], max_drop: Optional[float],
     if drop <= max_drop:
         return GateVerdict(EXIT_OK, f"gate passed: AP drop {drop * 100:.2f} points <= {max_drop * 100:.2f}")
     return GateVerdict(EXIT_GATE_FAILED, f"gate FAILED: AP drop {drop * 100:.2f} points > {max_drop * 100:.2f}")
+
+
+def min_throughput_gate(images_per_second: Optional[float], published: float, relative_tolerance: float,
+                        what: str = "throughput", why_unmeasured: str = "no figure was measured") -> GateVerdict:
+    """Images/s must be at least ``published * (1 - relative_tolerance)``
+    (``m2det_impl/data/gates.json``); an unmeasured or non-finite figure fails."""
+    import math
+
+    floor = published * (1.0 - relative_tolerance)
+    if images_per_second is None or not math.isfinite(images_per_second):
+        return GateVerdict(EXIT_GATE_FAILED, f"gate FAILED: {what}: {why_unmeasured} (floor {floor:.3f} img/s)")
+    line = (f"{what}: {images_per_second:.3f} img/s, published {published:.3f}, floor {floor:.3f} "
+            f"(-{relative_tolerance:.0%})")
+    if images_per_second >= floor:
+        return GateVerdict(EXIT_OK, f"gate passed: {line}")
+    return GateVerdict(EXIT_GATE_FAILED, f"gate FAILED: {line}")

@@ -37,6 +37,8 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
     from m2det_impl.pipeline.preprocess import load_and_preprocess
 
     model.preflight()
+    if versus is not None:
+        versus.preflight()
     out = ensure_output_folder(output)
     records = dataset.records
     category_ids = category_ids_for(dataset.annotations, cfg)

@@ -82,8 +82,10 @@ def make_backend(kind: str, cfg: M2DetConfig, *, weights: Optional[PathLike] = N
     """Build the backend a run asked for. ``onnxruntime`` uses ``onnx_path`` or a
     cached export of ``weights``; ``onnxruntime-int8`` uses ``onnx_path`` (a QDQ
     model) or the cached int8 model of ``weights`` calibrated on ``calib_images``
-    images of ``calib`` (:func:`m2det_impl.precision.int8.cached_int8`); ``om``
-    needs ``om_path`` and an Ascend runtime."""
+    images of ``calib`` (:func:`m2det_impl.precision.int8.cached_int8`);
+    ``onnxruntime-cuda`` (float32, TF32 off) and ``tensorrt`` (fp16 engine
+    cached) take the ONNX file as ``onnxruntime`` does, on GPU ``device_id``;
+    ``om`` needs ``om_path`` and an Ascend runtime."""
     from m2det_impl import backends
 
     if kind not in BACKENDS:
@@ -107,6 +109,15 @@ def make_backend(kind: str, cfg: M2DetConfig, *, weights: Optional[PathLike] = N
         backend = backends.OnnxRuntimeBackend(path, threads=threads)
         backend.name = "onnxruntime-int8"
         return backend
+    if kind in ("onnxruntime-cuda", "tensorrt"):
+        from m2det_impl.backends.onnxruntime_backend import cuda_backend, tensorrt_backend
+
+        path = Path(onnx_path) if onnx_path else cached_onnx(cfg, weights, log=log)
+        if kind == "onnxruntime-cuda":
+            return cuda_backend(path, device_id=device_id, threads=threads)
+        if log is not None:
+            log("tensorrt: the first call at each batch size builds an fp16 engine (minutes; cached for later runs)")
+        return tensorrt_backend(path, device_id=device_id)
     if kind == "om":
         if om_path is None:
             raise UsageError("the om backend needs an .om model: give --om PATH")

@@ -23,6 +23,8 @@ __all__ = [
     "npu_info",
     "npu_header_lines",
     "ascend_home",
+    "gpu_info",
+    "parse_nvidia_smi",
 ]
 
 #: (record key, import name, distribution name) of the libraries that decide the numbers.
@@ -170,3 +172,76 @@ def npu_header_lines() -> List[str]:
     if not info:
         return []
     return ["ascend: " + ", ".join(f"{k} {v}" for k, v in info.items())]
+
+
+# ------------------------------------------------------------------ NVIDIA GPU
+#: Distributions that may carry TensorRT's Python package or libraries.
+_TENSORRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu12", "tensorrt-cu12-libs", "tensorrt-libs", "tensorrt-cu11")
+
+
+def parse_nvidia_smi(query: Optional[str], banner: Optional[str]) -> Dict[str, str]:
+    """GPU name and driver from ``nvidia-smi --query-gpu=name,driver_version
+    --format=csv,noheader`` (first line), the CUDA version the driver supports
+    from plain ``nvidia-smi``'s banner (``CUDA Version: 12.4``)."""
+    info: Dict[str, str] = {}
+    lines = [ln.strip() for ln in (query or "").splitlines() if ln.strip()]
+    name, _, driver = (lines[0] if lines else "").rpartition(",")
+    if name.strip() and re.fullmatch(r"\d+(\.\d+)+", driver.strip()):  # else an error message, not a GPU
+        info["gpu"], info["driver"] = name.strip(), driver.strip()
+    match = re.search(r"CUDA Version:\s*([0-9][0-9.]*)", banner or "")
+    if match:
+        info["cuda"] = match.group(1)
+    return info
+
+
+def _tensorrt_library_version() -> Optional[str]:
+    """``getInferLibVersion()`` of the libnvinfer the loader finds (TensorRT
+    installed outside pip), as ``major.minor.patch``."""
+    import ctypes
+
+    for name in ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"):
+        try:
+            number = int(ctypes.CDLL(name).getInferLibVersion())
+        except (OSError, AttributeError, ValueError):
+            continue
+        if number >= 10000:  # TensorRT >= 10: MAJOR*10000 + MINOR*100 + PATCH
+            return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+        return f"{number // 1000}.{number // 100 % 10}.{number % 100}"  # TensorRT 8: MAJOR*1000 + MINOR*100 + PATCH
+    return None
+
+
+def gpu_info(device_id: int = 0) -> Dict[str, str]:
+    """GPU model, driver, the CUDA version the driver supports, the CUDA
+    onnxruntime was built for, TensorRT's and onnxruntime's versions: each only
+    when found (nothing off an NVIDIA host; never raises)."""
+    info: Dict[str, str] = {}
+    try:
+        info.update(parse_nvidia_smi(
+            _run(["nvidia-smi", "-i", str(device_id), "--query-gpu=name,driver_version", "--format=csv,noheader"]),
+            _run(["nvidia-smi"])))
+        onnxruntime = distribution_version("onnxruntime", "onnxruntime-gpu", "onnxruntime")
+        if onnxruntime:
+            info["onnxruntime"] = onnxruntime
+        try:
+            from onnxruntime.capi import build_and_package_info as built  # noqa: PLC0415
+
+            if getattr(built, "cuda_version", None):
+                info["onnxruntime_cuda"] = str(built.cuda_version)
+        except Exception:  # noqa: BLE001 - a CPU build has no CUDA
+            pass
+        if info.get("gpu"):  # TensorRT matters (and is looked for) only where there is a GPU
+            from importlib.metadata import PackageNotFoundError, version
+
+            for dist in _TENSORRT_DISTRIBUTIONS:
+                try:
+                    info["tensorrt"] = version(dist)
+                    break
+                except PackageNotFoundError:
+                    continue
+            else:
+                found = _tensorrt_library_version()
+                if found:
+                    info["tensorrt"] = found
+    except Exception:  # noqa: BLE001 - identity is best effort
+        pass
+    return info

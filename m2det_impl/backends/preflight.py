@@ -21,6 +21,7 @@ __all__ = [
     "check_model_inputs",
     "check_om_runtime",
     "check_bin_inputs",
+    "check_gpu_runtime",
 ]
 
 _OM_RUNTIMES = ("ais_bench.infer.interface", "aclruntime")
@@ -70,6 +71,21 @@ def check_model_inputs(backend: Optional[str], *, weights: Optional[PathLike] = 
         check_om_runtime()
     elif om is not None and backend is not None:
         raise InputFileError(Path(om), f"--om is for --backend om, not --backend {backend}")
+    check_gpu_runtime(backend)
+
+
+def check_gpu_runtime(backend: Optional[str]) -> None:
+    """A GPU backend's execution provider is offered by the installed
+    onnxruntime, or :class:`BackendUnavailableError` naming what to install."""
+    from m2det_impl.backends.onnxruntime_backend import GPU_INSTALL_HINT
+    from m2det_impl.backends.registry import BACKENDS, availability
+
+    entry = BACKENDS.get(backend or "")
+    if entry is None or entry.device != "gpu":
+        return
+    ok, why = availability(entry.name)
+    if not ok:
+        raise BackendUnavailableError(f"--backend {entry.name}: {why}: {GPU_INSTALL_HINT.get(entry.provider, '')}")
 
 
 def check_bin_inputs(files: Iterable[PathLike], cfg: M2DetConfig) -> None:

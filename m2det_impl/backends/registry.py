@@ -43,6 +43,11 @@ BACKENDS: Dict[str, BackendEntry] = {e.name: e for e in (
                  "ONNX Runtime's CANNExecutionProvider (pip onnxruntime-cann) on an Ascend NPU, from the ONNX export"),
     BackendEntry("simulated-npu", "sim", "ctypes", (), None,
                  "a fake 310P: holds the GIL a fixed time per image (aclruntime does), reference-shaped outputs"),
+    # gpu layer (issue #15): both through onnxruntime-gpu, the same ONNX file and output contract
+    BackendEntry("onnxruntime-cuda", "gpu", "onnxruntime", ("onnxruntime-gpu", "onnxruntime"), "CUDAExecutionProvider",
+                 "ONNX Runtime's CUDA execution provider, float32 with TF32 off"),
+    BackendEntry("tensorrt", "gpu", "onnxruntime", ("onnxruntime-gpu",), "TensorrtExecutionProvider",
+                 "TensorRT fp16 through ONNX Runtime's TensorRT execution provider (engines cached)"),
 )}
 
 

@@ -85,11 +85,12 @@ def add_model_options(p: argparse.ArgumentParser, backends: bool = True, batch: 
     if backends:
         g.add_argument("--backend", choices=backend_names(), default="onnxruntime",
                        help="runtime (default onnxruntime); onnxruntime-int8: the static int8 (QDQ) model, "
-                            "quantized once and cached (--calib)")
+                            "quantized once and cached (--calib); onnxruntime-cuda: float32 on an NVIDIA GPU "
+                            "(TF32 off); tensorrt: TensorRT fp16 through onnxruntime-gpu, engines cached")
         g.add_argument("--onnx", help="ONNX model to run (default: a cached export of --weights)")
         add_calibration_options(g)
         g.add_argument("--om", help=".om model for --backend om")
-        g.add_argument("--device-id", type=int, default=0, help="NPU device id (default 0)")
+        g.add_argument("--device-id", type=int, default=0, help="NPU or GPU device id (default 0)")
         g.add_argument("--threads", type=int, help="intra-op threads for onnxruntime/torch (default: all cores)")
         g.add_argument("--sim-ms-per-image", type=non_negative_float, default=15.0,
                        help="--backend simulated-npu: simulated device time per image, the GIL held (default 15: "

@@ -12,7 +12,7 @@ from typing import Mapping, Optional
 
 from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 
-__all__ = ["GateVerdict", "min_ap_gate", "max_ap_drop_gate", "throughput_gate"]
+__all__ = ["GateVerdict", "min_ap_gate", "max_ap_drop_gate", "throughput_gate", "min_throughput_gate"]
 
 
 @dataclass(frozen=True)
@@ -81,5 +81,21 @@ def throughput_gate(figure: Mapping[str, object], published: Mapping[str, object
             + (f", wall clock {float(wall):.3f} img/s" if wall is not None else "")  # type: ignore[arg-type]
             + f"; published {value}, floor {floor:.3f}; {label}")
     if float(rate) >= floor:  # type: ignore[arg-type]
+        return GateVerdict(EXIT_OK, f"gate passed: {line}")
+    return GateVerdict(EXIT_GATE_FAILED, f"gate FAILED: {line}")
+
+
+def min_throughput_gate(images_per_second: Optional[float], published: float, relative_tolerance: float,
+                        what: str = "throughput", why_unmeasured: str = "no figure was measured") -> GateVerdict:
+    """Images/s must be at least ``published * (1 - relative_tolerance)``
+    (``m2det_impl/data/gates.json``); an unmeasured or non-finite figure fails."""
+    import math
+
+    floor = published * (1.0 - relative_tolerance)
+    if images_per_second is None or not math.isfinite(images_per_second):
+        return GateVerdict(EXIT_GATE_FAILED, f"gate FAILED: {what}: {why_unmeasured} (floor {floor:.3f} img/s)")
+    line = (f"{what}: {images_per_second:.3f} img/s, published {published:.3f}, floor {floor:.3f} "
+            f"(-{relative_tolerance:.0%})")
+    if images_per_second >= floor:
         return GateVerdict(EXIT_OK, f"gate passed: {line}")
     return GateVerdict(EXIT_GATE_FAILED, f"gate FAILED: {line}")

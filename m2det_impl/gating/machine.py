@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 import platform
 import re
-import shutil
-import subprocess
 from typing import Dict, Mapping, Optional
 
 __all__ = [
@@ -29,7 +27,9 @@ __all__ = [
 ]
 
 #: The keys that identify a machine; a baseline states those it knows.
-MACHINE_KEYS = ("cpu", "cores", "arch", "soc", "cann", "driver", "gpu")
+#: ``driver`` is the NPU's; a GPU host adds its driver, the CUDA version the
+#: driver supports and TensorRT's version (``gpu_driver``, ``cuda``, ``tensorrt``).
+MACHINE_KEYS = ("cpu", "cores", "arch", "soc", "cann", "driver", "gpu", "gpu_driver", "cuda", "tensorrt")
 
 
 def cpu_model() -> str:
@@ -46,22 +46,20 @@ def cpu_model() -> str:
 
 def gpu_name() -> Optional[str]:
     """The first NVIDIA GPU's name (``Tesla T4``), or None without ``nvidia-smi``."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    lines = [ln.strip() for ln in (done.stdout or "").splitlines() if ln.strip()]
-    return lines[0] if done.returncode == 0 and lines else None
+    from m2det_impl.environment import gpu_info
+
+    return gpu_info().get("gpu")
 
 
-def machine_identity(npu: Optional[Mapping[str, str]] = None) -> Dict[str, object]:
-    """CPU model, core count, architecture, NPU SoC, CANN and driver versions, GPU.
+def machine_identity(npu: Optional[Mapping[str, str]] = None,
+                     gpu: Optional[Mapping[str, str]] = None) -> Dict[str, object]:
+    """CPU model, core count, architecture, NPU SoC, CANN and driver versions,
+    GPU model, its driver, CUDA and TensorRT versions.
 
     ``cores`` is ``os.cpu_count()``, as ``m2det bench`` records it. ``npu``
-    defaults to :func:`m2det_impl.environment.npu_info` (empty off an Ascend host).
+    defaults to :func:`m2det_impl.environment.npu_info` (empty off an Ascend
+    host), ``gpu`` to :func:`m2det_impl.environment.gpu_info` (empty off an
+    NVIDIA host).
     """
     if npu is None:
         try:
@@ -70,6 +68,10 @@ def machine_identity(npu: Optional[Mapping[str, str]] = None) -> Dict[str, objec
             npu = npu_info()
         except Exception:  # noqa: BLE001 - identity is best effort
             npu = {}
+    if gpu is None:
+        from m2det_impl.environment import gpu_info
+
+        gpu = gpu_info()
     soc = npu.get("soc")
     return {
         "cpu": cpu_model(),
@@ -78,7 +80,10 @@ def machine_identity(npu: Optional[Mapping[str, str]] = None) -> Dict[str, objec
         "soc": f"Ascend{soc}" if soc and not str(soc).startswith("Ascend") else soc,
         "cann": npu.get("cann"),
         "driver": npu.get("driver"),
-        "gpu": gpu_name(),
+        "gpu": gpu.get("gpu"),
+        "gpu_driver": gpu.get("driver"),
+        "cuda": gpu.get("cuda"),
+        "tensorrt": gpu.get("tensorrt"),
     }
 
 

@@ -43,6 +43,8 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
 
     table = published_record(published)  # an unknown name fails before any work
     model.preflight()
+    if versus is not None:
+        versus.preflight()
     out = ensure_output_folder(output)
     records = dataset.records
     category_ids = category_ids_for(dataset.annotations, cfg)

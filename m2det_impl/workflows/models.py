@@ -86,8 +86,10 @@ def make_backend(kind: str, cfg: M2DetConfig, *, weights: Optional[PathLike] = N
     """Build the backend a run asked for. ``onnxruntime`` uses ``onnx_path`` or a
     cached export of ``weights``; ``onnxruntime-int8`` uses ``onnx_path`` (a QDQ
     model) or the cached int8 model of ``weights`` calibrated on ``calib_images``
-    images of ``calib`` (:func:`m2det_impl.precision.int8.cached_int8`); ``om``
-    needs ``om_path`` and an Ascend runtime; ``onnxruntime-cann`` runs ``onnx_path``
+    images of ``calib`` (:func:`m2det_impl.precision.int8.cached_int8`);
+    ``onnxruntime-cuda`` (float32, TF32 off) and ``tensorrt`` (fp16 engine
+    cached) take the ONNX file as ``onnxruntime`` does, on GPU ``device_id``;
+    ``om`` needs ``om_path`` and an Ascend runtime; ``onnxruntime-cann`` runs ``onnx_path``
     or the cached export on NPU ``device_id`` through ``onnxruntime-cann``; ``simulated-npu``
     is a fake 310P holding the GIL ``sim_ms_per_image`` per image (no model: size 512 only)."""
     from m2det_impl import backends
@@ -115,6 +117,15 @@ def make_backend(kind: str, cfg: M2DetConfig, *, weights: Optional[PathLike] = N
         return backend
     if kind == "onnxruntime-cann":
         return _onnxruntime_cann(cfg, weights, onnx_path, device_id, threads, log)
+    if kind in ("onnxruntime-cuda", "tensorrt"):
+        from m2det_impl.backends.onnxruntime_backend import cuda_backend, tensorrt_backend
+
+        path = Path(onnx_path) if onnx_path else cached_onnx(cfg, weights, log=log)
+        if kind == "onnxruntime-cuda":
+            return cuda_backend(path, device_id=device_id, threads=threads)
+        if log is not None:
+            log("tensorrt: the first call at each batch size builds an fp16 engine (minutes; cached for later runs)")
+        return tensorrt_backend(path, device_id=device_id)
     if kind == "om":
         if om_path is None:
             raise UsageError("the om backend needs an .om model: give --om PATH")

@@ -3,13 +3,19 @@ environments, the GitHub Actions workflows, the nightly driver's safety."""
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
+import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from m2det_impl.published import PUBLISHED_AP
 
 pytestmark = pytest.mark.cpu
 
@@ -157,3 +163,134 @@ def test_a_crash_in_the_nightly_gate_fails_the_night():
     step = next(s for s in workflow["jobs"]["nightly"]["steps"] if "tox -e nightly" in s.get("run", ""))
     warned = [line for line in step["run"].splitlines() if "-eq" in line]
     assert warned and all('-eq 4 ]' in line for line in warned), warned  # only "not gated" becomes a warning
+
+
+# ------------------------------------------------------------------ the accuracy matrix
+# actionlint cannot be installed here (its pip wrapper downloads a binary), so
+# the workflows are held to the properties that matter, checked on the parsed
+# YAML: the expressions name known contexts, jobs and steps; the matrix covers
+# shards 0..N-1; every shard's folder is uploaded and restored under one name;
+# the merge sees every shard and gates on the published AP.
+EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}", re.S)
+CONTEXTS = {"github", "env", "vars", "job", "jobs", "steps", "runner", "secrets", "strategy", "matrix", "needs",
+            "inputs"}
+FUNCTIONS = {"fromJSON", "toJSON", "contains", "startsWith", "endsWith", "format", "join", "hashFiles",
+             "success", "always", "cancelled", "failure"}
+
+
+def _strings(node, path=()):
+    """Every string in a parsed workflow, with where it is."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, path + (str(k),))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _strings(v, path + (str(i),))
+    elif isinstance(node, str):
+        yield path, node
+
+
+def _step(job: dict, uses: str = "", contains: str = "") -> list:
+    return [s for s in job["steps"] if (uses and str(s.get("uses", "")).startswith(uses))
+            or (contains and contains in s.get("run", ""))]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in WORKFLOWS.glob("*.yml")))
+def test_workflow_expressions_name_known_contexts_jobs_and_steps(name):
+    data = _workflow(name)
+    jobs = data["jobs"]
+    for job_id, job in jobs.items():
+        needs = job.get("needs", [])
+        needs = [needs] if isinstance(needs, str) else list(needs)
+        assert set(needs) <= set(jobs), f"{name}: {job_id} needs unknown jobs {set(needs) - set(jobs)}"
+        step_ids = {s["id"] for s in job.get("steps", []) if "id" in s}
+        for where, text in _strings(job):
+            for expr in EXPRESSION.findall(text) + ([job["if"]] if where == ("if",) and "${{" not in text else []):
+                expr = re.sub(r"'[^']*'", "''", expr)  # string literals are not names
+                for root, rest in re.findall(r"(?<![\w.])([A-Za-z_][\w-]*)((?:\.[\w-]+)*)", expr):
+                    if root in ("true", "false", "null") or root in FUNCTIONS:
+                        continue
+                    assert root in CONTEXTS, f"{name}: {job_id} {'.'.join(where)}: unknown context {root!r} in {expr!r}"
+                    parts = rest.split(".")[1:]
+                    if root == "needs":
+                        assert parts and parts[0] in needs, f"{name}: {job_id} reads needs.{parts[0]} without needing it"
+                    if root == "steps" and parts:
+                        assert parts[0] in step_ids, f"{name}: {job_id} reads steps.{parts[0]}: no such step id"
+                    if root == "matrix":
+                        matrix = job.get("strategy", {}).get("matrix", {})
+                        assert parts and parts[0] in matrix, f"{name}: {job_id} reads matrix.{parts[0]}: not in its matrix"
+
+
+def _plan(shards: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    job = _workflow("accuracy-matrix.yml")["jobs"]["plan"]
+    script = job["steps"][0]["run"]
+    out = tmp_path / "github_output"
+    out.write_text("")
+    return subprocess.run(["bash", "-c", script], env={**os.environ, "SHARDS": shards, "GITHUB_OUTPUT": str(out)},
+                          capture_output=True, text=True, timeout=60), out
+
+
+def test_the_matrix_covers_shards_0_to_n_minus_1(tmp_path):
+    for n in (1, 5, 8):
+        done, out = _plan(str(n), tmp_path)
+        assert done.returncode == 0, done.stderr
+        values = dict(line.split("=", 1) for line in out.read_text().splitlines())
+        assert int(values["count"]) == n and json.loads(values["shards"]) == list(range(n))
+    for bad in ("0", "-2", "eight", ""):
+        done, out = _plan(bad, tmp_path)
+        assert done.returncode != 0 and "M2DET_MATRIX_SHARDS" in done.stderr and out.read_text() == ""
+
+
+def _render(text: str, shard: int, count: int) -> str:
+    return text.replace("${{ matrix.shard }}", str(shard)).replace("${{ needs.plan.outputs.count }}", str(count))
+
+
+def test_each_shard_runs_on_a_named_runner_and_keeps_its_folder_across_attempts():
+    wf = _workflow("accuracy-matrix.yml")
+    assert "schedule" in wf["on"] and not {"pull_request", "pull_request_target"} & set(wf["on"])
+    assert wf["permissions"]["actions"] == "read"  # downloads from earlier attempts go through the REST API
+    job = wf["jobs"]["shard"]
+    assert job["strategy"]["fail-fast"] is False  # one lost shard must not cancel the others
+    assert job["strategy"]["matrix"]["shard"] == "${{ fromJSON(needs.plan.outputs.shards) }}"
+    runs_on = job["runs-on"]
+    assert runs_on[0] == "self-hosted" and "vars.M2DET_MATRIX_RUNNER" in runs_on[1]
+    default_label = re.search(r"'([^']+)'", runs_on[1]).group(1)
+    labels = yaml.safe_load((REPO / ".github" / "actionlint.yaml").read_text())["self-hosted-runner"]["labels"]
+    assert default_label in labels
+    for var in ("M2DET_WEIGHTS", "M2DET_COCO_ROOT"):  # paths on the runners, from repository variables
+        assert job["env"][var] == f"${{{{ vars.{var} }}}}"
+    assert job["env"]["SHARD"] == "${{ matrix.shard }}/${{ needs.plan.outputs.count }}"
+    (run,) = _step(job, contains="m2det run")
+    assert '--shard "$SHARD"' in run["run"] and '--out "$SHARD_DIR"' in run["run"]
+    (restore,) = _step(job, uses="actions/download-artifact")
+    (upload,) = _step(job, uses="actions/upload-artifact")
+    order = job["steps"].index
+    assert order(restore) < order(run) < order(upload)
+    assert restore["continue-on-error"] is True  # a first attempt has nothing to restore
+    assert restore["with"]["name"] == upload["with"]["name"]
+    assert restore["with"]["run-id"] == "${{ github.run_id }}" and restore["with"]["github-token"]
+    assert restore["with"]["path"] == "${{ env.SHARD_DIR }}" and upload["with"]["path"].rstrip("/") == restore["with"]["path"]
+    assert upload["if"] == "always()"  # a shard that failed or timed out keeps its journal
+    assert upload["with"]["include-hidden-files"] is True  # the journal's name starts with a dot
+    assert upload["with"]["overwrite"] is True
+    names = {_render(upload["with"]["name"], i, 8) for i in range(8)}
+    assert len(names) == 8  # one artifact per shard
+
+
+def test_the_merge_sees_every_shard_even_after_a_loss_and_gates_on_the_published_ap():
+    wf = _workflow("accuracy-matrix.yml")
+    shard, merge = wf["jobs"]["shard"], wf["jobs"]["merge"]
+    assert "shard" in merge["needs"]
+    assert "!cancelled()" in merge["if"] and "success()" not in merge["if"]  # runs after a failed shard, to name it
+    (download,) = _step(merge, uses="actions/download-artifact")
+    (upload,) = _step(shard, uses="actions/upload-artifact")
+    assert download["with"]["run-id"] == "${{ github.run_id }}" and "merge-multiple" not in download["with"]
+    for count in (1, 4, 8):
+        pattern = _render(download["with"]["pattern"], -1, count)
+        assert all(fnmatch.fnmatch(_render(upload["with"]["name"], i, count), pattern) for i in range(count))
+        assert not fnmatch.fnmatch(_render(upload["with"]["name"], 0, count + 1), pattern)  # another split's
+    (gate,) = _step(merge, contains="m2det merge")
+    command = gate["run"]
+    assert f"{download['with']['path']}/*/" in command  # one folder per artifact
+    assert "--annotations" in command and '--min-ap "$MIN_AP"' in command
+    assert float(wf["env"]["MIN_AP"]) == PUBLISHED_AP

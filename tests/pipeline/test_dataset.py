@@ -22,7 +22,7 @@ def test_coco_records_sorted_with_sizes(tmp_path):
 
 
 @pytest.mark.parametrize("content, needle", [
-    ("{", "not a readable JSON"), ("[]", "no 'images'"), ('{"images": []}', "no images"),
+    ("{", "annotation file is not valid JSON"), ("[]", "no 'images'"), ('{"images": []}', "no images"),
     ('{"images": [{"id": 1}]}', "images[0]"),
 ])
 def test_bad_annotation_files(tmp_path, content, needle):

@@ -8,7 +8,6 @@ writes, so the guide's own post-processing runs on it unchanged.
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
@@ -30,23 +29,39 @@ def export(cfg: M2DetConfig, out_dir: PathLike, *, weights: Optional[PathLike] =
            batches: Sequence[int] = (), opset: int = 11, soc_version: str = "Ascend310P3",
            echo: Echo = print, log: Echo = print) -> Dict[Optional[int], Path]:
     """ONNX files (one dynamic-batch file, or one per static batch for atc) and
-    ``atc_build.sh`` with absolute paths; returns batch -> file."""
+    ``atc_build.sh`` with absolute paths; returns batch -> file.
+
+    Each file comes through the one model cache (:func:`m2det_impl.backends.cache.cached_export`):
+    an export made before for the same config, weights, batch, opset, library
+    versions and exporter source is copied, not redone, and a new one is kept
+    for the next run."""
+    from m2det_impl.backends.cache import cached_export
     from m2det_impl.backends.preflight import check_model_inputs
-    from m2det_impl.network.export import atc_census, export_onnx, write_atc_script
+    from m2det_impl.network.export import atc_census, write_atc_script
     from m2det_impl.network.model import load_model
 
     check_model_inputs(None, weights=weights)
     out_dir = ensure_output_folder(out_dir).resolve()
     if weights is None:
         log(GOLDEN_WARNING)
-    model = load_model(cfg, weights)
+    loaded: list = []
+
+    def model():  # loaded once, and only if some batch is not cached yet
+        if not loaded:
+            loaded.append(load_model(cfg, weights))
+        return loaded[0]
+
     files: Dict[Optional[int], Path] = {}
     for batch in list(batches) or [None]:
         path = out_dir / (f"m2det{cfg.size}" + ("" if batch is None else f"_bs{batch}") + ".onnx")
-        start = time.perf_counter()
-        files[batch] = export_onnx(model, path, cfg, batch=batch, opset=opset)
+        record = cached_export(cfg, weights, batch, opset, model_factory=model, log=log)
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.copyfile(record.path, tmp)
+        tmp.replace(path)
+        files[batch] = path
         kind = "dynamic batch" if batch is None else f"static batch {batch}"
-        echo(f"{path}: {kind}, {path.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")
+        how = "from the export cache" if record.reused else "exported"
+        echo(f"{path}: {kind}, {path.stat().st_size / 1e6:.1f} MB ({how}; the export took {record.seconds:.1f} s)")
         echo(atc_census(path).summary())
     static = {b: p for b, p in files.items() if b is not None}
     if static:

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from support import conv_layers, decoder_sums
 
 from m2det_impl.cli import main
-from m2det_impl.cli.app import PRECISION_MODE_CHOICES
+from m2det_impl.cli.commands.compare import PRECISION_MODE_CHOICES
 from m2det_impl.evaluation.metrics import output_metrics
 from m2det_impl.evaluation.tolerances import save_run
 from m2det_impl.exit_codes import EXIT_BAD_INPUT as EXIT_ERROR

@@ -1,0 +1,56 @@
+"""``m2det bench``: its options, and the one library call it makes."""
+
+from __future__ import annotations
+
+import argparse
+
+from m2det_impl.backends.registry import backend_names
+from m2det_impl.cli.common import (
+    add_dataset_options,
+    add_host_option,
+    add_model_options,
+    config_from,
+    dataset_from,
+    echo,
+    int_list,
+    log,
+    model_from,
+    positive_int,
+)
+from m2det_impl.published import DEFAULT_PUBLISHED, published_names
+
+HELP = "throughput per batch size: pure inference and end to end, with medians"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    """The options of ``m2det bench``."""
+    add_dataset_options(p)
+    add_model_options(p, batch=False)
+    p.add_argument("--batch-sizes", type=int_list, default=[1], help="batch sizes to measure, comma separated "
+                                                                     "(default 1)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls before measuring, per batch size (default 1)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats; the median is reported (default 3)")
+    p.add_argument("--host-images", type=positive_int, default=200, help="images for the host-side figure")
+    p.add_argument("--no-end-to-end", action="store_true", help="pure inference only")
+    p.add_argument("--loader-threads", type=positive_int, default=2, help="image decoding threads (default 2)")
+    add_host_option(p)
+    p.add_argument("--output", default="m2det-bench", help="folder for bench.json and bench.md")
+    p.add_argument("--versus", choices=backend_names(),
+                   help="also measure this backend's pure inference side by side (repeats alternating) and print "
+                        "the speed ratio, e.g. --versus onnxruntime-int8")
+    p.add_argument("--versus-onnx", metavar="PATH", help="ONNX model for --versus (default: cached, as --onnx)")
+    p.add_argument("--published", choices=published_names(), default=DEFAULT_PUBLISHED,
+                   help=f"published throughput table shown beside the figures and recorded in bench.json "
+                        f"(default {DEFAULT_PUBLISHED}, the guide's)")
+
+
+def run(args) -> int:
+    from m2det_impl.workflows.bench import bench
+
+    versus = model_from(args, backend=args.versus) if args.versus else None
+    if versus is not None:
+        versus = type(versus)(**{**versus.__dict__, "onnx": args.versus_onnx, "om": None})
+    return bench(dataset_from(args), config_from(args), model_from(args), args.output, batch_sizes=args.batch_sizes,
+                 warmup=args.warmup, repeats=args.repeats, host_images=args.host_images,
+                 end_to_end=not args.no_end_to_end, loader_threads=args.loader_threads, host=args.host,
+                 versus=versus, published=args.published, echo=echo, log=log)

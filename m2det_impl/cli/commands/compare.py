@@ -1,0 +1,81 @@
+"""``m2det compare``: its options, and the one library call it makes."""
+
+from __future__ import annotations
+
+import argparse
+
+from m2det_impl.cli.common import (
+    add_calibration_options,
+    add_dataset_options,
+    add_model_options,
+    config_from,
+    dataset_from,
+    echo,
+    log,
+    model_from,
+    positive_int,
+)
+from m2det_impl.errors import UsageError
+
+# atc --precision_mode values the fp16 forecast emulates (m2det_impl.precision.fp16.PRECISION_MODES; kept here so
+# that building the parser does not import onnx; a test holds the two equal)
+PRECISION_MODE_CHOICES = ("force_fp16", "allow_mix_precision", "must_keep_origin_dtype")
+HELP = ("compare two runs, or forecast a precision variant against float32: "
+        "--emulate fp16 (the 310P's drift, per output and per layer) or --int8")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    """The options of ``m2det compare``."""
+    p.add_argument("runs", nargs="*", metavar="RUN", help="CANDIDATE REFERENCE: two saved runs (.npz from "
+                   "--save-outputs, held to the tolerance file) or two m2det run folders (detections, AP)")
+    p.add_argument("--emulate", choices=("fp16",), help="forecast the .om's fp16 drift with an fp16-emulating "
+                                                        "ONNX model on the CPU")
+    p.add_argument("--precision-mode", choices=PRECISION_MODE_CHOICES, default="force_fp16",
+                   help="atc --precision_mode to emulate (default force_fp16, atc's default)")
+    p.add_argument("--keep-fp32", action="append", metavar="NAME",
+                   help="op type (Softmax) or node name kept in float32, repeatable: atc's --keep_dtype for "
+                        "force_fp16, the block list for allow_mix_precision (default there: Softmax, "
+                        "BatchNormalization)")
+    p.add_argument("--no-layers", action="store_true", help="outputs and detections only (no per-layer drift; "
+                                                            "faster, less memory)")
+    p.add_argument("--first", type=positive_int, default=5, help="list this many first layers over the thresholds")
+    p.add_argument("--int8", action="store_true", help="the int8 (QDQ) model against float32 ONNX Runtime: "
+                                                       "drift, detection agreement, AP change, speed")
+    p.add_argument("--int8-onnx", metavar="PATH", help="int8 model to compare (default: the cached quantization "
+                                                       "of --weights on --calib)")
+    add_dataset_options(p)
+    add_model_options(p, backends=False)
+    g = p.add_argument_group("models compared")
+    g.add_argument("--onnx", help="float32 ONNX model (default: a cached export of --weights)")
+    g.add_argument("--threads", type=int, help="intra-op threads for onnxruntime")
+    add_calibration_options(g)
+    g = p.add_argument_group("saved runs")
+    g.add_argument("--pair", help="tolerance key, default '<candidate backend>/<reference backend>'")
+    g.add_argument("--tolerances", help="tolerance file (default: the package's data/tolerances.json)")
+    g.add_argument("--no-detections", action="store_true", help="raw outputs only")
+    p.add_argument("--out", help="folder for compare.json, compare.md and keep_dtype.cfg (default ./m2det-compare; "
+                                 "for two run folders: only when given)")
+    p.add_argument("--max-ap-drop", type=float, metavar="X", help="exit 1 when the candidate's AP@[.50:.95] is "
+                                                                  "more than X below the reference's (0.01 = 1 point)")
+
+
+def run(args) -> int:
+    from m2det_impl.workflows.compare import compare_precision, compare_two_runs
+
+    chosen = [name for name, on in (("runs", bool(args.runs)), ("--emulate", bool(args.emulate)),
+                                    ("--int8", args.int8)) if on]
+    if len(chosen) != 1:
+        raise UsageError("give two saved runs or two m2det run folders (CANDIDATE REFERENCE), or --emulate fp16, "
+                         "or --int8" + (f"; got {' and '.join(chosen)}" if chosen else ""))
+    cfg = config_from(args)
+    if args.runs:
+        if len(args.runs) != 2:
+            raise UsageError(f"compare takes two runs, CANDIDATE REFERENCE; got {len(args.runs)}")
+        return compare_two_runs(args.runs[0], args.runs[1], cfg, out=args.out, pair=args.pair,
+                                tolerances=args.tolerances, detections=not args.no_detections,
+                                max_ap_drop=args.max_ap_drop, echo=echo, log=log)
+    return compare_precision("fp16" if args.emulate else "int8", dataset_from(args), cfg,
+                             model_from(args, backend="onnxruntime"), args.out or "m2det-compare",
+                             int8_onnx=args.int8_onnx, precision_mode=args.precision_mode, keep_fp32=args.keep_fp32,
+                             layers=not args.no_layers, first=args.first, max_ap_drop=args.max_ap_drop,
+                             progress=not args.quiet, echo=echo, log=log)

@@ -1,0 +1,41 @@
+"""``m2det export``: its options, and the one library call it makes."""
+
+from __future__ import annotations
+
+import argparse
+
+from m2det_impl.cli.common import add_calibration_options, add_model_options, config_from, echo, log, positive_int
+from m2det_impl.errors import UsageError
+from m2det_impl.exit_codes import EXIT_OK
+
+HELP = "checkpoint -> ONNX (opset 11) plus the atc commands to build .om files"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    """The options of ``m2det export``."""
+    add_model_options(p, backends=False)
+    p.add_argument("--batch", type=positive_int, action="append",
+                   help="static batch size, repeatable (one file each, for atc); omit for one dynamic-batch file")
+    p.add_argument("--out-dir", default=".", help="folder for m2det512[_bsB].onnx and atc_build.sh (default .)")
+    p.add_argument("--opset", type=int, default=11, help="ONNX opset (default 11, what CANN's atc takes)")
+    p.add_argument("--soc-version", default="Ascend310P3", help="atc --soc_version in atc_build.sh (default Ascend310P3)")
+    g = p.add_argument_group("int8 (ONNX Runtime on the CPU)")
+    g.add_argument("--int8", action="store_true", help="write m2det512_int8.onnx instead: static QDQ int8, "
+                                                        "per-channel weights, opset 13, calibrated on --calib")
+    add_calibration_options(g)
+
+
+def run(args) -> int:
+    from m2det_impl.workflows.files import export, export_int8
+
+    cfg = config_from(args)
+    if args.int8:
+        if args.batch:
+            raise UsageError("--int8 makes one dynamic-batch QDQ model for ONNX Runtime; atc does not take it "
+                             "(Ascend quantizes with its own AMCT tool): drop --batch")
+        export_int8(cfg, args.out_dir, weights=args.weights, calib=args.calib, calib_images=args.calib_images,
+                    progress=not args.quiet, echo=echo, log=log)
+    else:
+        export(cfg, args.out_dir, weights=args.weights, batches=args.batch or (), opset=args.opset,
+               soc_version=args.soc_version, echo=echo, log=log)
+    return EXIT_OK

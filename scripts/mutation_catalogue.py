@@ -14,7 +14,9 @@ every chosen entry the script
    mutated file is restored after each entry, so entries never mix);
 3. runs the entry's ``tests`` with ``-x``; if they fail, the bug is killed;
 4. only if the bug survived them, runs the whole cpu layer
-   (``pytest -m cpu -x -n 2``) unless ``--no-full``.
+   (``pytest -m cpu -x -n 2``) unless ``--no-full``;
+5. counts a failing test as the killer only if it passes on the clean copy:
+   a test that fails without any bug is deselected and the entry run again.
 
 It prints a table (entry, verdict, killing test, seconds) and writes the same
 as JSON. Entries marked ``equivalent`` (with the reason) are reported, not run

@@ -2,6 +2,8 @@
 fails its tolerances even when the statistic over the finite elements is
 perfect, and the headline AP is AP@[.50:.95] (stats[0]), not AP50."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -28,6 +30,18 @@ def test_nonfinite_elements_fail_the_tolerances(bad):
     assert not report.ok and report.checked == 2
     assert {v.bound.metric for v in report.violations} == {"max_abs", "cosine"}
     assert "non-finite" in report.message()
+
+
+def test_a_record_with_nonfinite_elements_fails_even_with_finite_statistics():
+    # Tolerances.check judges OutputMetrics from any producer (a forecast, a saved report): a count of
+    # NaN/Inf elements fails every bound, whatever statistics were computed over the finite ones
+    clean = output_metrics(np.ones(8, np.float32), np.ones(8, np.float32), "loc", image=3, image_id="x")
+    assert BOUNDS.check("om/onnxruntime", [clean]).ok
+    flagged = replace(clean, nonfinite=2)
+    report = BOUNDS.check("om/onnxruntime", [flagged])
+    assert len(report.violations) == 2 and report.checked == 2
+    assert all("2 non-finite elements" in v.worst for v in report.violations)
+    assert all(v.image == 3 and v.output == "loc" for v in report.violations)
 
 
 def test_identical_outputs_pass():

@@ -25,10 +25,10 @@ On the CPU the image count is reduced (default 8 of the 24 bundled mini-COCO
 images; about 3 s per image per run on 2 cores) and the output says so. The
 full workload is ``--coco-root DIR --weights m2det512_vgg.pth --images 5000``.
 Every step runs even when an earlier one failed, so the report is always
-written. Exit status (m2det_impl/exit_codes.py): 3 a step crashed or could not
-run (a crash of ``m2det regress`` included: never mistaken for "not gated"),
-else 1 a test failed or a figure regressed, else 4 not gated (no baseline for
-this platform, or the baseline's machine or workload differs), else 0.
+written. Exit status (m2det_impl/exit_codes.py; :func:`overall_status`): 3 a
+step could not run, else 1 a test failed or a figure regressed, else 4 not
+gated (no baseline for this platform, or the baseline's machine or workload
+differs), else 0.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -135,13 +135,17 @@ def codes_ok(steps: Steps, name: str) -> bool:
     return steps.outcomes.get(name) == 0
 
 
-def nightly_status(codes: Dict[str, int], no_baseline: bool) -> "tuple[int, List[str]]":
-    """(exit status, broken steps) of a night from each step's exit code.
+def overall_status(codes: Dict[str, int], no_baseline: bool = False) -> Tuple[int, List[str]]:
+    """The nightly's exit status from its steps' exit codes -> (status, broken steps).
 
-    regress: 0 ok, 1 regressed, 4 not gated; anything else (3: a crash) is a
-    broken step, never "not gated". The suite: 0 or 1 (tests failed); other
-    codes mean pytest itself broke."""
+    A step that could not run (any code but 0 from a step other than the suite
+    and regress, a crashed regress, a suite that did not finish) is broken:
+    EXIT_INTERNAL. Else a failed test or a regressed figure: EXIT_GATE_FAILED.
+    Else nothing judged (regress said not gated, or there is no baseline):
+    EXIT_NOT_GATED. Else EXIT_OK.
+    """
     regress_code = codes.get("regress")
+    # regress: 0 ok, 1 regressed, 4 not gated; anything else (3: a crash) is broken, never "not gated"
     broken = [n for n, c in codes.items() if c != EXIT_OK and n not in ("suite", "regress")] \
         or (["regress"] if regress_code not in (None, EXIT_OK, EXIT_GATE_FAILED, EXIT_NOT_GATED) else []) \
         or (["suite"] if codes.get("suite", 0) not in (0, 1) else [])
@@ -264,7 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"NIGHTLY: {note}")
     for name, code in steps.outcomes.items():
         print(f"NIGHTLY: {name:<22} exit {code:<3} {steps.seconds[name]:6.0f} s")
-    status, broken = nightly_status(steps.outcomes, no_baseline)
+    status, broken = overall_status(steps.outcomes, no_baseline)
     verdict = {EXIT_OK: "PASSED", EXIT_GATE_FAILED: "FAILED (tests or regression)",
                EXIT_INTERNAL: f"BROKEN (steps {broken})",
                EXIT_NOT_GATED: "NOT GATED (no baseline, or another machine or workload)"}[status]

@@ -1,0 +1,156 @@
+"""Throughput arithmetic of m2det_impl.gating.bench on a fake clock: images per
+second is images / seconds (never the inverse); pure inference is ais_bench's
+1000 * batch / mean(execute ms), with batch / median(wall s) beside it; the
+end-to-end / pure ratio is pipeline images/s over pure images/s.
+
+measure_inference's runtime-clock handling has its own tests
+(tests/gating/test_throughput_gate.py)."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import m2det_impl.gating.bench as bench
+
+pytestmark = pytest.mark.cpu
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(bench, "time", fake)
+    return fake
+
+
+class FakeBackend:
+    """Costs ``per_image`` seconds per image of each call, plus ``jitter`` seconds on the given calls."""
+
+    def __init__(self, clock, per_image, jitter=None):
+        self.clock, self.per_image, self.jitter, self.calls = clock, per_image, dict(jitter or {}), 0
+
+    def infer(self, batch):
+        self.clock.advance(self.per_image * batch.shape[0] + self.jitter.get(self.calls, 0.0))
+        self.calls += 1
+        return None
+
+
+class TimedBackend(FakeBackend):
+    """A runtime that also reports its execute time (as aclruntime does): equal to the wall clock here,
+    so the rate is the same whichever of the two a measurement reads."""
+
+    def __init__(self, clock, per_image, jitter=None):
+        super().__init__(clock, per_image, jitter)
+        self.execute_times_ms = []
+
+    def infer(self, batch):
+        before = self.clock.now
+        super().infer(batch)
+        self.execute_times_ms.append((self.clock.now - before) * 1000.0)
+
+
+def _tensors(n=3):
+    return [np.full((3, 4, 4), i, np.float32) for i in range(n)]
+
+
+def test_side_by_side_rates_are_batch_over_mean_execute_time(clock):
+    fast = TimedBackend(clock, 0.25)
+    slow = TimedBackend(clock, 1.0, jitter={2: 5.0})  # one slow repeat (call 2 = 2nd timed)
+    out = bench.measure_side_by_side({"fast": fast, "slow": slow}, _tensors(), batch_size=4, warmup=1, repeats=3)
+    assert out["fast"]["images_per_second"] == pytest.approx(4.0)  # 1000 * 4 / 1000 ms
+    # ais_bench averages: the slow repeat counts (mean 17/3 s), where the wall-clock median ignores it
+    assert out["slow"]["images_per_second"] == pytest.approx(1000.0 * 4 / (17000.0 / 3))
+    assert out["slow"]["median_s_per_batch"] == pytest.approx(4.0)
+    assert out["slow"]["wall_clock_images_per_second"] == pytest.approx(1.0)
+    assert out["slow"]["times_s"] == pytest.approx([4.0, 9.0, 4.0])
+    assert out["fast"]["batch_size"] == 4 and out["fast"]["repeats"] == 3
+    assert fast.calls == slow.calls == 4  # one warm-up each, then three timed
+
+
+def test_host_rate_is_images_over_seconds(clock, monkeypatch):
+    import m2det_impl.network.priors as priors
+    import m2det_impl.pipeline.coco as coco
+    import m2det_impl.pipeline.postprocess as postprocess
+    import m2det_impl.pipeline.stream as stream
+
+    seen = []
+
+    def fake_iter(cycle, cfg, workers, prefetch):
+        for record in cycle:
+            clock.advance(0.1)
+            yield record, None, (640, 480), None
+
+    def fake_detect(scores, loc, priors_, width, height, cfg):
+        seen.append((scores, width, height))
+        return np.zeros((0, 6))
+
+    monkeypatch.setattr(stream, "iter_preprocessed", fake_iter)
+    monkeypatch.setattr(postprocess, "detect", fake_detect)
+    monkeypatch.setattr(coco, "to_coco_results", lambda dets, image_id, ids: [])
+    monkeypatch.setattr(priors, "make_priors", lambda cfg: None)
+    records = [SimpleNamespace(image_id=i, path=f"{i}.jpg") for i in (7, 8, 9)]
+    outputs = [("s0", "l0"), ("s1", "l1")]
+    out = bench.measure_host(records, None, outputs, [1], images=20, repeats=3)
+    assert out["images"] == 20
+    assert out["median_s"] == pytest.approx(2.0)
+    assert out["images_per_second"] == pytest.approx(10.0)
+    assert len(out["times_s"]) == 3
+    assert len(seen) == 60
+    # outputs cycle when there are fewer of them than records: record k uses outputs[k % 2]
+    assert [s for s, _, _ in seen[:4]] == ["s0", "s1", "s0", "s0"]
+
+
+def test_end_to_end_rate_and_ratio(clock, monkeypatch):
+    import m2det_impl.pipeline.preprocess as preprocess
+    import m2det_impl.pipeline.stream as stream
+
+    runs = []
+
+    def fake_run_pipeline(records, backend, cfg, category_ids, batch_size, loader_threads, progress, **host):
+        runs.append(batch_size)
+        clock.advance(8.0)
+
+    monkeypatch.setattr(preprocess, "load_and_preprocess", lambda path, cfg: (np.zeros((3, 4, 4), np.float32), (4, 4)))
+    monkeypatch.setattr(stream, "run_pipeline", fake_run_pipeline)
+    backend = TimedBackend(clock, 0.5)
+    records = [SimpleNamespace(image_id=i, path=f"{i}.jpg") for i in range(4)]
+    out = bench.measure_end_to_end(backend, records, None, [1], batch_size=3, repeats=3)
+    assert backend.calls == 6  # batches of 3 and 1, three times
+    assert runs == [3, 3, 3, 3]  # one untimed run first (it starts the host workers), then three timed
+    assert out["images"] == 4 and out["batch_size"] == 3
+    assert out["median_s"] == pytest.approx(8.0)
+    assert out["images_per_second"] == pytest.approx(0.5)
+    assert out["pure_median_s"] == pytest.approx(2.0)
+    assert out["pure_images_per_second"] == pytest.approx(2.0)
+    # pipeline images/s over pure images/s: 0.5 / 2.0
+    assert out["ratio"] == pytest.approx(0.25)
+    assert out["ratio"] == pytest.approx(out["images_per_second"] / out["pure_images_per_second"])
+
+
+def test_bench_markdown_puts_the_published_guide_figures_beside_the_measured_ones():
+    data = {"backend": "om", "size": 512, "machine": {"cpu": "x", "cores": 2},
+            "inference": [{"batch_size": 4, "images_per_second": 50.0}, {"batch_size": 2, "images_per_second": 9.0}],
+            "end_to_end": [{"batch_size": 4, "images_per_second": 40.0, "ratio": 0.8}]}
+    text = bench.bench_markdown(data)
+    # batch, pure, wall clock (not measured here), end to end, ratio, host mode, 310P3 and T4 of the guide
+    assert "| 4 | 50.000 | not measured | 40.000 | 80.0% | threads | 54.707 | 60.997 |" in text
+    assert "| 2 | 9.000 | not measured | - | - | - | - | - |" in text
+
+
+def test_inference_rate_is_batch_over_mean_execute_time(clock):
+    backend = TimedBackend(clock, 0.5, jitter={1: 10.0})  # the first timed repeat is slow
+    out = bench.measure_inference(backend, _tensors(), batch_size=8, warmup=1, repeats=3)
+    assert out["batch_size"] == 8
+    assert out["images_per_second"] == pytest.approx(8 / (22.0 / 3))  # 8 images over the mean of 14, 4 and 4 s
+    assert out["wall_clock_images_per_second"] == pytest.approx(2.0)  # 8 images / median 4 s

@@ -37,8 +37,8 @@ ANN = MINI / "annotations" / "instances_minival2014.json"
 LIMIT = 5
 # Seeds whose schedules, between them, kill during start-up, mid-inference,
 # just after the last image (while results are written) and cut lines.
-CI_SEEDS = (0, 2, 3)
-SLOW_SEEDS = (1, 4, 5, 6, 7, 8, 9, 10, 11, 12)
+CI_SEEDS = (2, 3)  # seed 0 moved to the slow set: the cpu layer keeps one early and one late kill schedule
+SLOW_SEEDS = (0, 1, 4, 5, 6, 7, 8, 9, 10, 11, 12)
 RUN_TIMEOUT_S = 600
 
 

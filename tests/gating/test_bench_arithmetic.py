@@ -283,3 +283,11 @@ def test_end_to_end_starts_host_processes_once_and_records_it(clock, monkeypatch
     log = _end_to_end(clock, monkeypatch, "processes", running=True)
     out = bench.measure_end_to_end(TimedBackend(clock, 0.5), records, None, [1], batch_size=1)
     assert log["started"] == [] and out["host_start_s"] == 0.0
+
+
+def test_host_timing_uses_the_reference_shaped_outputs(monkeypatch):
+    import m2det_impl.backends.simulated as simulated
+
+    cases = [("scores", "loc")]
+    monkeypatch.setattr(simulated, "reference_outputs", lambda: cases)
+    assert bench.reference_postprocess_cases() is cases

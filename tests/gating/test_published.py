@@ -67,3 +67,10 @@ def test_unknown_table_and_platform_errors_read_exactly():
         published.throughput_table("modelzoo-current", "T4")
     platforms = ", ".join(read_data_json("published.json")["throughput"]["modelzoo-current"]["tables"])
     assert str(err.value) == f"published table 'modelzoo-current' has no T4 figures (it has {platforms})"
+
+
+def test_a_missing_platform_lists_every_platform_the_table_has(monkeypatch):
+    monkeypatch.setattr(published, "_ALL", {"t": {"310P3": {1: 1.0}, "T4": {1: 2.0}}})
+    with pytest.raises(M2DetError) as err:
+        published.throughput_table("t", "A100")
+    assert str(err.value) == "published table 't' has no A100 figures (it has 310P3, T4)"

@@ -133,6 +133,7 @@ def test_the_float_slack_scales_with_the_baseline_but_never_below_one_unit():
     assert _row("k", "x", grow, -4.0, -4.0 + 2e-12).verdict == "ok"  # slack 4e-12 for |baseline| 4
     assert _row("k", "x", grow, -4.0, -4.0 + 6e-12).verdict == "REGRESSED"
     assert _row("k", "x", zero, 1000.0, 1000.0 - 5e-10).verdict == "ok"  # slack 1e-9
+    assert _row("k", "x", grow, 0.0, 1e-12).verdict == "ok"  # exactly at allowance + slack: still within
 
 
 @pytest.mark.parametrize("rule, base, now, verdict", [
@@ -170,6 +171,8 @@ def test_missing_new_and_non_finite_rows():
     assert _row("ap", "x", None, None, 0.3) == Row(
         "ap", "x", None, 0.3, "-", None, "new", "ap x: new figure 0.3 (not in the baseline; not gated)")
     assert _row("ap", "x", AP, None, 0.3).rule == "drop <= 0.002"  # a new figure of a kind with a rule
+    assert _row("ap", "x", AP, 0.3, -math.inf) == Row(
+        "ap", "x", 0.3, -math.inf, "drop <= 0.002", 0.002, "REGRESSED", "ap x: -inf is not finite (baseline 0.3)")
     nan = _row("ap", "x", AP, 0.3, math.nan)
     assert (nan.verdict, nan.allowance, nan.rule, nan.message) == (
         "REGRESSED", 0.002, "drop <= 0.002", "ap x: nan is not finite (baseline 0.3)")
@@ -180,6 +183,7 @@ def test_missing_new_and_non_finite_rows():
 @pytest.mark.parametrize("a, b, same", [
     (" x ", "x", True), ("x", "y", False), (512, 512.0, True), (512, 513, False), (2, "2", False),
     (None, None, True), (None, "x", False), (True, True, True), ([1], [1], True),
+    (2**53 + 1, float(2**53 + 1), True),  # numbers compare as floats
 ])
 def test_same(a, b, same):
     assert _same(a, b) is same
@@ -200,6 +204,8 @@ def test_environment_changes_list_only_keys_the_baseline_had_that_changed():
     after = {"environment": {"torch": "2.2", "onnx": " 1.0", "numpy": "1.26", "_x": 2, "new": "9"}}
     assert _environment_changes(before, after) == [("gone", "1", None), ("torch", "2.1", "2.2")]
     assert _environment_changes({}, after) == []
+    assert _environment_changes(before, {}) == [("gone", "1", None), ("numpy", "1.26", None), ("onnx", "1.0", None),
+                                                ("torch", "2.1", None)]
 
 
 # ------------------------------------------------------------------ compare
@@ -273,7 +279,7 @@ def _write(path, data):
 BASELINE = {"format": "m2det-baseline/1", "platform": "p", "machine": {"cpu": "A"}, "workload": {"size": 512},
             "environment": {"torch": "2.1"},
             "rules": {"ap": {"max_drop": 0.002, "reason": "r"}, "_comment": "skipped"},
-            "figures": {"ap": {"x": 0.3, "y": 1, "_n": "skipped"}, "_kind": {"z": "skipped"}}}
+            "figures": {"_kind": {"z": "skipped"}, "ap": {"_n": "skipped", "x": 0.3, "y": 1}}}
 
 
 def test_load_baseline_validates_and_parses(tmp_path):
@@ -422,3 +428,38 @@ def test_run_regress_update_that_cannot_write_says_the_old_file_is_kept(tmp_path
         run_regress(tmp_path / "b.json", current, update=True, log=lambda m: None)
     assert str(err.value) == (f"{tmp_path / 'b.json'}: could not write the updated baseline (Permission denied); "
                               "the previous file is unchanged")
+
+
+@pytest.mark.parametrize("loader, what", [(load_baseline, "baseline"), (load_results, "results file")])
+def test_an_unreadable_file_says_what_it_should_have_been(tmp_path, loader, what):
+    path = tmp_path / "x.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(InputFileError) as err:
+        loader(path)
+    assert str(err.value) == f"{path}: {what} must be a JSON object"
+
+
+def test_run_regress_prints_its_banner_on_stderr_and_does_not_gate_another_machine_by_default(tmp_path, capsys):
+    baseline = _write(tmp_path / "b.json", dict(BASELINE, machine={"cpu": "Other"}))
+    current = _write(tmp_path / "c.json", RESULTS)
+    assert run_regress(baseline, current, tmp_path / "out") == EXIT_NOT_GATED
+    captured = capsys.readouterr()
+    assert "!!! WARNING: the current results come from another machine than the baseline" in captured.err.splitlines()
+    assert "WARNING" not in captured.out
+    report = json.loads((tmp_path / "out" / "regress.json").read_text())
+    assert (report["baseline"], report["current"]) == (str(baseline), str(current))
+    baseline = _write(tmp_path / "b.json", dict(BASELINE, workload={"size": 320}))
+    assert run_regress(baseline, current, tmp_path / "out", allow_other_machine=True) == EXIT_NOT_GATED
+    assert "!!! NOTHING IS GATED" in capsys.readouterr().err
+    logged = []
+    assert run_regress(baseline, current, tmp_path / "out", allow_other_workload=True, log=logged.append) == EXIT_GATE_FAILED  # gated: ap/y is missing
+    assert "!!! gating anyway, as asked" in logged
+    assert "!!!" not in capsys.readouterr().err
+
+
+def test_run_regress_update_writes_a_readable_baseline_creating_its_folders(tmp_path, capsys):
+    current = _write(tmp_path / "c.json", RESULTS)
+    baseline = tmp_path / "new" / "deeper" / "b.json"
+    assert run_regress(baseline, current, update=True, log=lambda m: None) == EXIT_OK
+    text = baseline.read_text()
+    assert text == json.dumps(json.loads(text), indent=2)  # indented by two: a file people read and review

@@ -208,10 +208,11 @@ def test_merge_errors_read_exactly(tmp_path):
     with pytest.raises(M2DetError) as info:
         merge_shard_files([x, again])
     assert str(info.value) == f"shard 0/2 given twice: {x} and {again}"
-    y = _write(tmp_path, 1, 2, [5, 1])
+    y = _write(tmp_path, 1, 2, [5, 1], name="a-second.json")
+    first = _write(tmp_path, 0, 2, [1], name="z-first.json")
     with pytest.raises(M2DetError) as info:
-        merge_shard_files([y, x])
-    assert str(info.value) == f"image 1 is in two shards: {x} and {y}"
+        merge_shard_files([y, first])
+    assert str(info.value) == f"image 1 is in two shards: {first} and {y}"  # shard 0 owns it, whatever the names
     z = _write(tmp_path, 1, 2, [2], identity={**IDENTITY, "backend": "om"}, name="other.json")
     with pytest.raises(M2DetError) as info:
         merge_shard_files([x, z])
@@ -248,3 +249,9 @@ def test_parse_shard_errors_read_exactly(text, problem):
     with pytest.raises(UsageError) as info:
         parse_shard(text)
     assert str(info.value) == problem
+
+
+def test_shards_of_one_run_merge_whatever_the_key_order_of_their_identity(tmp_path):
+    a = _write(tmp_path, 0, 2, [1], identity={"model": "m2det512", "backend": "onnxruntime"})
+    b = _write(tmp_path, 1, 2, [2], identity={"backend": "onnxruntime", "model": "m2det512"})
+    assert merge_shard_files([a, b])[1] == [1, 2]

@@ -1,6 +1,9 @@
 """Throughput measurement: the guide's table for one backend, plus what the
 guide leaves out (the host's share and the end-to-end rate).
 
+The report of a run (the guide's table beside this run's figures) and the
+machine description it records are in :mod:`m2det_impl.gating.bench_report`.
+
 Three figures per run, after warm-up:
 - pure inference images/s per batch size, as ais_bench computes it:
   ``1000 * batch / mean(execute ms)`` over the backend's execute times
@@ -17,44 +20,23 @@ Three figures per run, after warm-up:
 from __future__ import annotations
 
 import math
-import platform
 import statistics
 import time
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from m2det_impl.errors import M2DetError
 from m2det_impl.network.config import M2DetConfig
-from m2det_impl.published import DEFAULT_PUBLISHED, HOST_SCRIPTS_IMAGES_PER_SECOND, PUBLISHED_SOURCES, throughput_table
+from m2det_impl.published import DEFAULT_PUBLISHED, PUBLISHED_SOURCES, throughput_table
 
 __all__ = [
-    "machine_info",
     "measure_inference",
     "published_record",
     "WALL_CLOCK_LABEL",
     "measure_side_by_side",
     "measure_host",
     "measure_end_to_end",
-    "bench_markdown",
 ]
-
-
-def machine_info() -> Dict[str, object]:
-    """What decides the numbers: the machine's identity (CPU model, cores, NPU
-    SoC, CANN and driver versions, GPU; :func:`m2det_impl.machine.machine_identity`),
-    plus the architecture under ``machine``, Python and the library versions."""
-    from m2det_impl.gating.machine import machine_identity
-
-    info: Dict[str, object] = dict(machine_identity())
-    info.update({"machine": platform.machine(), "python": platform.python_version()})
-    try:
-        from m2det_impl.environment import library_versions
-
-        info["versions"] = library_versions()
-    except Exception:  # noqa: BLE001 - information only
-        pass
-    return info
 
 
 def _timed_repeats(fn: Callable[[], object], warmup: int, repeats: int) -> List[float]:
@@ -201,54 +183,6 @@ def measure_end_to_end(backend, records, cfg: M2DetConfig, category_ids, batch_s
             "images_per_second": len(records) / median, "times_s": e2e,
             "pure_median_s": pure_median, "pure_images_per_second": len(records) / pure_median,
             "pure_times_s": pure, "ratio": pure_median / median, "host": mode, "host_start_s": start_s}
-
-
-def bench_markdown(data: Dict[str, object]) -> str:
-    """The guide's table with this run's figures beside the published ones."""
-    published = data.get("published") or published_record()
-    table = published["table"]
-    try:
-        t4 = throughput_table(DEFAULT_PUBLISHED, "T4")
-    except M2DetError:  # the guide's T4 column is information only
-        t4 = {}
-    clock = next((row.get("execute_clock") for row in data["inference"] if row.get("execute_clock")), None)
-    lines = [f"# m2det bench: {data['backend']} (M2Det{data['size']})", "",
-             f"Machine: {data['machine'].get('cpu')} ({data['machine'].get('cores')} cores)", "",
-             f"Published: **{published['name']}** ({published['source']})", "",
-             "Pure inference is ais_bench's figure, 1000 * batch / mean(execute ms)"
-             + (f", execute time: {clock}" if clock else "") + f"; wall clock: {WALL_CLOCK_LABEL}.", "",
-             f"| batch | pure inference img/s | wall clock img/s | end to end img/s | e2e / pure (paired) | "
-             f"host work in | {published['platform']} published ({published['name']}) | T4 published (guide) |",
-             "|---|---|---|---|---|---|---|"]
-    e2e = {row["batch_size"]: row for row in data.get("end_to_end", [])}
-
-    def fmt(value):
-        return "not measured" if value is None else f"{value:.3f}"
-
-    for row in data["inference"]:
-        b = row["batch_size"]
-        e = e2e.get(b)
-        lines.append(
-            f"| {b} | {fmt(row.get('images_per_second'))} | {fmt(row.get('wall_clock_images_per_second'))} | "
-            + (f"{e['images_per_second']:.3f} | {e['ratio']:.1%} | {e.get('host', 'threads')}" if e else "- | - | -")
-            + f" | {table.get(str(b), '-')} | {t4.get(b, '-')} |"
-        )
-    versus = data.get("versus")
-    if versus:
-        lines += ["", f"Side by side, pure inference, repeats alternating: **{versus['backend']}** against "
-                      f"{data['backend']}", "",
-                  f"| batch | {data['backend']} img/s | {versus['backend']} img/s | speed ratio |", "|---|---|---|---|"]
-        mine = {row["batch_size"]: row for row in data["inference"]}
-        for row in versus["inference"]:
-            b = row["batch_size"]
-            lines.append(f"| {b} | {fmt(mine[b]['images_per_second'])} | {fmt(row['images_per_second'])} | "
-                         f"**{versus['speed_ratio'][str(b)]:.2f}x** |")
-    host = data.get("host")
-    if host:
-        lines += ["", f"Host side (decode + preprocess + post-process, no backend): "
-                      f"**{host['images_per_second']:.1f} images/s** over {host['images']} images "
-                      f"(the guide's scripts: about {HOST_SCRIPTS_IMAGES_PER_SECOND:g})."]
-    return "\n".join(lines) + "\n"
 
 
 def measure_side_by_side(backends: Dict[str, object], tensors: Sequence[np.ndarray], batch_size: int,

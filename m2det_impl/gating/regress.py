@@ -38,10 +38,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from m2det_impl._io import PathLike, atomic_write_json, atomic_write_text, read_json_object
+from m2det_impl._io import PathLike, atomic_write_json, read_json_object
 from m2det_impl.errors import InputFileError, M2DetError
 from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_NOT_GATED, EXIT_OK
 from m2det_impl.gating.machine import MACHINE_KEYS
+from m2det_impl.gating.regress_report import _fmt, announce, write_report
 from m2det_impl.resources import BASELINES_DIR
 
 __all__ = [
@@ -56,9 +57,6 @@ __all__ = [
     "Comparison",
     "load_baseline",
     "compare",
-    "text_table",
-    "markdown_report",
-    "write_report",
     "updated_baseline",
     "run_regress",
 ]
@@ -278,6 +276,12 @@ class Comparison:
             return f"REGRESSED: {len(self.regressions)} of {len(self.rows)} figures"
         return f"passed: {len(self.rows)} figures within their rules"
 
+    def shown_verdict(self, row: Row) -> str:
+        """A row's verdict as the table shows it: marked ``not gated`` when the comparison does not gate."""
+        if self.gated or row.verdict == "new":
+            return row.verdict
+        return f"not gated ({row.verdict})"
+
 
 def _same(a: object, b: object) -> bool:
     if isinstance(a, str) and isinstance(b, str):
@@ -305,19 +309,6 @@ def _environment_changes(baseline: Mapping, current: Mapping) -> List[Tuple[str,
     keys = sorted(k for k in set(before) | set(after) if not str(k).startswith("_"))
     return [(k, before.get(k), after.get(k)) for k in keys
             if k in before and not _same(before.get(k), after.get(k))]
-
-
-def _fmt(value: Optional[float]) -> str:
-    if value is None:
-        return "-"
-    if value == 0:
-        return "0"
-    if not math.isfinite(value):
-        return str(value)
-    magnitude = abs(value)
-    if 1e-3 <= magnitude < 1e5:
-        return f"{value:.4f}".rstrip("0").rstrip(".") if magnitude < 1 else f"{value:.3f}".rstrip("0").rstrip(".")
-    return f"{value:.3g}"
 
 
 def _row(kind: str, name: str, rule: Optional[Rule], base: Optional[float], now: Optional[float]) -> Row:
@@ -359,97 +350,6 @@ def compare(baseline: Mapping, current: Mapping, *, baseline_path: str = "baseli
     notes = [str(n) for n in current.get("notes", [])] if isinstance(current.get("notes"), list) else []
     return Comparison(baseline_path, current_path, str(baseline.get("platform", "?")), rows, mismatches, unstated,
                       _environment_changes(baseline, current), allow_other_machine, allow_other_workload, notes)
-
-
-# ------------------------------------------------------------------ output
-def _verdict(cmp: Comparison, row: Row) -> str:
-    if cmp.gated or row.verdict == "new":
-        return row.verdict
-    return f"not gated ({row.verdict})"
-
-
-def _delta_text(row: Row) -> str:
-    if row.delta is None:
-        return "-"
-    text = ("+" if row.delta >= 0 else "-") + _fmt(abs(row.delta))
-    if row.delta_percent is not None:
-        text += f" ({row.delta_percent:+.1f}%)"
-    return text
-
-
-def _cells(cmp: Comparison) -> List[List[str]]:
-    return [[r.kind, r.name, _fmt(r.baseline), _fmt(r.current), _delta_text(r), r.rule, _verdict(cmp, r)]
-            for r in cmp.rows]
-
-
-HEADERS = ["kind", "figure", "baseline", "current", "delta", "allowed", "verdict"]
-
-
-def text_table(cmp: Comparison) -> str:
-    """The comparison as an aligned plain-text table (what the nightly log shows)."""
-    cells = [HEADERS] + _cells(cmp)
-    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _banner(cmp: Comparison) -> List[str]:
-    lines = []
-    for m in cmp.mismatches:
-        allowed = m not in cmp.blocking
-        lines.append(f"{m.section} {m.key}: baseline {m.baseline!r}, current {m.current!r}"
-                     + (" (allowed: gated anyway)" if allowed else ""))
-    return lines
-
-
-def markdown_report(cmp: Comparison) -> str:
-    lines = [f"# m2det regress: {cmp.platform}", "",
-             f"- baseline: `{cmp.baseline_path}`", f"- current: `{cmp.current_path}`",
-             f"- result: **{cmp.status}**", ""]
-    if cmp.mismatches:
-        head = ("> **WARNING: measured on another machine or workload; NOTHING WAS GATED.**" if not cmp.gated
-                else "> **WARNING: machine or workload differs; gated anyway as asked.**")
-        lines += [head, ">"] + [f"> - {line}" for line in _banner(cmp)] + [""]
-    for note in cmp.notes:
-        lines.append(f"> {note}")
-    if cmp.notes:
-        lines.append("")
-    lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in _cells(cmp)]
-    failing = [r.message for r in cmp.rows if r.failed or r.verdict == "new"]
-    if failing:
-        lines += ["", "## Details", ""] + [f"- {m}" for m in failing]
-    if cmp.environment_changes:
-        lines += ["", "## Environment changes since the baseline (not gating)", ""]
-        lines += [f"- {k}: {a!r} -> {b!r}" for k, a, b in cmp.environment_changes]
-    unstated = {k: v for k, v in cmp.unstated.items() if v}
-    if unstated:
-        lines += ["", "Not stated by the baseline, so not compared: "
-                  + "; ".join(f"{s} {', '.join(v)}" for s, v in unstated.items())]
-    return "\n".join(lines) + "\n"
-
-
-def report_json(cmp: Comparison) -> dict:
-    return {
-        "baseline": cmp.baseline_path, "current": cmp.current_path, "platform": cmp.platform,
-        "gated": cmp.gated, "status": cmp.status, "exit_code": cmp.exit_code,
-        "mismatches": [asdict(m) for m in cmp.mismatches],
-        "blocking": [asdict(m) for m in cmp.blocking],
-        "unstated": cmp.unstated,
-        "environment_changes": [{"key": k, "baseline": a, "current": b} for k, a, b in cmp.environment_changes],
-        "notes": list(cmp.notes),
-        "rows": [r.as_dict() for r in cmp.rows],
-        "regressions": [r.message for r in cmp.regressions],
-    }
-
-
-def write_report(cmp: Comparison, folder: PathLike) -> Tuple[Path, Path]:
-    """``regress.json`` and ``regress.md`` in ``folder`` (atomically)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    return (atomic_write_json(folder / "regress.json", report_json(cmp), indent=2),
-            atomic_write_text(folder / "regress.md", markdown_report(cmp)))
 
 
 # ------------------------------------------------------------------ update
@@ -501,26 +401,7 @@ def run_regress(baseline_path: PathLike, current_path: PathLike, out: Optional[P
     if baseline is not None:
         cmp = compare(baseline, current, baseline_path=str(baseline_path), current_path=str(current_path),
                       allow_other_machine=allow_other_machine, allow_other_workload=allow_other_workload)
-        if cmp.mismatches:
-            bar = "!" * 78
-            log(bar)
-            log("!!! WARNING: the current results come from another " +
-                " and ".join(sorted({m.section for m in cmp.mismatches})) + " than the baseline")
-            for line in _banner(cmp):
-                log("!!!   " + line)
-            log("!!! " + ("NOTHING IS GATED: figures from different machines or workloads are not comparable. "
-                          "Pass --allow-other-machine / --allow-other-workload to gate anyway."
-                          if not cmp.gated else "gating anyway, as asked"))
-            log(bar)
-        for note in cmp.notes:
-            print(f"note: {note}")
-        print(text_table(cmp))
-        for row in cmp.rows if cmp.gated else ():
-            if row.failed:
-                print("  " + row.message)
-        if cmp.environment_changes:
-            print("environment changes since the baseline (not gating): "
-                  + ", ".join(f"{k} {a} -> {b}" for k, a, b in cmp.environment_changes))
+        announce(cmp, log)
         folder = Path(out) if out is not None else current_path.parent
         json_path, md_path = write_report(cmp, folder)
         print(f"regress: {cmp.status} -> {json_path}, {md_path}")

@@ -131,7 +131,7 @@ def _report_markdown(summaries: Sequence[dict], bench: Optional[dict], png: Opti
                   "but the AP says nothing about accuracy. Pass `--weights m2det512_vgg.pth`.", ""]
     lines += ["## Throughput (images/s)", ""]
     if bench:
-        from m2det_impl.gating.bench import bench_markdown
+        from m2det_impl.gating.bench_report import bench_markdown
 
         lines += bench_markdown(bench).splitlines()[2:]
     else:

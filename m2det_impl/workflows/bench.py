@@ -7,8 +7,6 @@ from typing import Callable, Dict, Optional, Sequence
 from m2det_impl._io import PathLike, atomic_write_json, atomic_write_text, ensure_output_folder
 from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.gating.bench import (
-    bench_markdown,
-    machine_info,
     measure_end_to_end,
     measure_host,
     measure_inference,
@@ -16,6 +14,7 @@ from m2det_impl.gating.bench import (
     published_record,
     reference_postprocess_cases,
 )
+from m2det_impl.gating.bench_report import bench_markdown, machine_info
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.pipeline.dataset import Dataset
 from m2det_impl.published import DEFAULT_PUBLISHED

@@ -50,3 +50,27 @@ def test_published_ap_and_names_match_the_data_file():
     assert set(published.PUBLISHED_SOURCES) == set(data["throughput"])
     assert published.HOST_SCRIPTS_IMAGES_PER_SECOND == 25.0
     assert json.dumps(published.PUBLISHED_SOURCES)  # plain strings, ready for reports
+
+
+def test_tables_key_batches_by_int_and_figures_by_float():
+    tables = published._tables({"tables": {"310P3": {"1": "2.5", "4": 3}, "T4": {"8": 1.25}}, "source": "s"})
+    assert tables == {"310P3": {1: 2.5, 4: 3.0}, "T4": {8: 1.25}}
+    assert [type(b) for b in tables["310P3"]] == [int, int]
+    assert [type(v) for v in tables["310P3"].values()] == [float, float]
+
+
+def test_unknown_table_and_platform_errors_read_exactly():
+    with pytest.raises(M2DetError) as err:
+        published.throughput_table("nope")
+    assert str(err.value) == "unknown published table 'nope'; choose one of " + ", ".join(published.published_names())
+    with pytest.raises(M2DetError) as err:
+        published.throughput_table("modelzoo-current", "T4")
+    platforms = ", ".join(read_data_json("published.json")["throughput"]["modelzoo-current"]["tables"])
+    assert str(err.value) == f"published table 'modelzoo-current' has no T4 figures (it has {platforms})"
+
+
+def test_a_missing_platform_lists_every_platform_the_table_has(monkeypatch):
+    monkeypatch.setattr(published, "_ALL", {"t": {"310P3": {1: 1.0}, "T4": {1: 2.0}}})
+    with pytest.raises(M2DetError) as err:
+        published.throughput_table("t", "A100")
+    assert str(err.value) == "published table 't' has no A100 figures (it has 310P3, T4)"

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from m2det_impl.backends.base import Backend
-from m2det_impl.gating.bench import bench_markdown, measure_inference, published_record
+from m2det_impl.gating.bench import measure_inference, published_record
+from m2det_impl.gating.bench_report import bench_markdown
 from m2det_impl.gating.gates import throughput_gate
 from m2det_impl.published import DEFAULT_PUBLISHED, PUBLISHED_SOURCES, published_names, throughput_table
 

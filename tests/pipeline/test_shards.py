@@ -156,3 +156,102 @@ def test_merge_names_a_file_that_is_not_a_shard(tmp_path, text):
     assert str(path) in str(info.value)
     with pytest.raises(InputFileError, match="shard file not found"):
         merge_shard_files([tmp_path / "absent.json"])
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda d: d.update(shard={"index": 2, "count": 2}), "shard 2/2 is not I/N with 0 <= I < N"),
+    (lambda d: d.update(shard={"index": 0, "count": 0}), "shard 0/0 is not I/N with 0 <= I < N"),
+    (lambda d: d.update(image_ids=[1, 2.0]), "'image_ids' is not a list of integers"),
+    (lambda d: d.pop("image_ids"), "'image_ids' is not a list of integers"),
+    (lambda d: d.update(image_ids=[2, 1, 2]), "'image_ids' lists an image twice"),
+    (lambda d: d.pop("results"), "'results' is not a list of results with integer image ids"),
+    (lambda d: d.update(results=[{"image_id": 1}, 5]), "'results' is not a list of results with integer image ids"),
+    (lambda d: d.update(results=[{"image_id": 1}, {"image_id": 9}, {"image_id": 8}]),
+     "results for image(s) the shard does not cover, e.g. 8"),
+    (lambda d: d.update(skipped={"1": "ok", "2": None}), "'skipped' is not a map of image id to reason"),
+    (lambda d: d.update(skipped={"1": "ok", "7": "bad"}), "'skipped' names images the shard does not cover"),
+    (lambda d: d.update(skipped={"x": "bad"}), "'skipped' has a key that is not an image id"),
+])
+def test_a_damaged_shard_is_named_with_the_exact_problem(tmp_path, damage, problem):
+    path = _write(tmp_path, 0, 2, [1, 2])
+    data = json.loads(path.read_text())
+    damage(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputFileError) as info:
+        merge_shard_files([path])
+    assert str(info.value) == f"{path}: damaged shard results file: {problem}"
+
+
+def test_a_shard_without_skipped_images_is_whole(tmp_path):
+    path = _write(tmp_path, 0, 1, [1, 2])
+    data = json.loads(path.read_text())
+    del data["skipped"]
+    path.write_text(json.dumps(data))
+    assert merge_shard_files([path]) == ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5},
+                                          {"image_id": 2, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.51}],
+                                         [1, 2], {})
+
+
+def test_merge_errors_read_exactly(tmp_path):
+    a = _write(tmp_path, 0, 3, [1])
+    b = _write(tmp_path, 1, 2, [2])
+    with pytest.raises(M2DetError) as info:
+        merge_shard_files([a, b])
+    assert str(info.value) == f"shards of different splits: {a.name} is ?/3, {b.name} is ?/2"
+    d = _write(tmp_path, 2, 4, [3])
+    e = _write(tmp_path, 0, 4, [4])
+    with pytest.raises(M2DetError) as info:
+        merge_shard_files([d, e])
+    assert str(info.value) == "missing shard(s) 1/4, 3/4: run them or pass their files"
+    x = _write(tmp_path, 0, 2, [1])
+    again = _write(tmp_path, 0, 2, [2], name="copy.json")
+    with pytest.raises(M2DetError) as info:
+        merge_shard_files([x, again])
+    assert str(info.value) == f"shard 0/2 given twice: {x} and {again}"
+    y = _write(tmp_path, 1, 2, [5, 1], name="a-second.json")
+    first = _write(tmp_path, 0, 2, [1], name="z-first.json")
+    with pytest.raises(M2DetError) as info:
+        merge_shard_files([y, first])
+    assert str(info.value) == f"image 1 is in two shards: {first} and {y}"  # shard 0 owns it, whatever the names
+    z = _write(tmp_path, 1, 2, [2], identity={**IDENTITY, "backend": "om"}, name="other.json")
+    with pytest.raises(M2DetError) as info:
+        merge_shard_files([x, z])
+    assert str(info.value) == "shards come from different runs (model, weights or settings differ)"
+    one = _write(tmp_path, 0, 1, [1, 2])
+    with pytest.raises(M2DetError) as info:
+        merge_shard_files([one], expected_ids=[9, 1, 8, 7, 6, 5, 4, 3])
+    assert str(info.value) == "7 image(s) covered by no shard, e.g. [3, 4, 5, 6, 7]"
+    with pytest.raises(M2DetError) as info:
+        merge_shard_files([])
+    assert str(info.value) == "no shard files to merge"
+
+
+def test_not_a_shard_and_absent_read_exactly(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text('{"shard": {"index": 0, "count": true}}')
+    with pytest.raises(InputFileError) as info:
+        merge_shard_files([path])
+    assert str(info.value) == f"{path}: not a shard results file written by m2det run --shard"
+    path.write_bytes(b"\xff\xfe{")
+    with pytest.raises(InputFileError) as info:
+        merge_shard_files([path])
+    assert str(info.value) == f"{path}: not a shard results file written by m2det run --shard"
+    with pytest.raises(InputFileError) as info:
+        merge_shard_files([tmp_path / "absent.json"])
+    assert str(info.value) == f"{tmp_path / 'absent.json'}: shard file not found"
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("4/4", "shard '4/4': need 0 <= I < N"), ("0/0", "shard '0/0': need 0 <= I < N"),
+    ("x", "shard must look like I/N (e.g. 0/4), got 'x'"), (None, "shard must look like I/N (e.g. 0/4), got None"),
+])
+def test_parse_shard_errors_read_exactly(text, problem):
+    with pytest.raises(UsageError) as info:
+        parse_shard(text)
+    assert str(info.value) == problem
+
+
+def test_shards_of_one_run_merge_whatever_the_key_order_of_their_identity(tmp_path):
+    a = _write(tmp_path, 0, 2, [1], identity={"model": "m2det512", "backend": "onnxruntime"})
+    b = _write(tmp_path, 1, 2, [2], identity={"backend": "onnxruntime", "model": "m2det512"})
+    assert merge_shard_files([a, b])[1] == [1, 2]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 import warnings
 import zlib
 from collections import OrderedDict
@@ -229,6 +230,25 @@ def _extract_state_dict(obj: object, path: Path) -> Mapping[str, torch.Tensor]:
     raise CheckpointError(path, f"holds no state dict of tensors (found {type(obj).__name__})")
 
 
+def _what_the_file_is(path: Path) -> str:
+    """Why a file is no checkpoint at all, from its first bytes ('' when it looks like one).
+
+    torch saves a zip archive (``PK``); older releases a pickle (protocol byte
+    0x80). Anything else was never a checkpoint: say what was found instead of
+    blaming pickled objects."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return ""
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return ""
+    if not head:
+        return "the file is empty"
+    return (f"neither a zip archive (torch.save) nor a pickle; it starts with bytes {head.hex(' ')}"
+            + (f" ({head.decode('ascii', 'replace')!r})" if all(32 <= b < 127 for b in head) else ""))
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
@@ -255,11 +275,16 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
             warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = _what_the_file_is(path)
+        if found:
+            raise CheckpointError(path, f"not a PyTorch checkpoint: {found}") from None
         if "weights only" in str(exc).lower():
+            what = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            held = f"it holds {what.group(1)}, a pickled object" if what else "it holds pickled objects"
             raise CheckpointError(
                 path,
-                "not a readable PyTorch checkpoint (refused: it holds pickled objects other "
-                "than tensors, which could run code; only weights are loaded)",
+                f"not a readable PyTorch checkpoint (refused: {held} other than tensors, which could run "
+                "code; only weights are loaded)",
             ) from None
         raise CheckpointError(path, f"not a readable PyTorch checkpoint ({_first_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files

@@ -1,6 +1,7 @@
 """The network: state-dict manifest, checkpoint loading and its failure modes,
 golden weights, and the full M2Det512 forward against the reference."""
 
+import datetime
 import json
 import pickle
 from collections import OrderedDict
@@ -115,13 +116,27 @@ def test_checkpoint_wrong_shapes_are_named(tmp_path, golden_model, cfg512):
     assert "conf.0.weight [126, 2048, 3, 3] (model [486, 2048, 3, 3])" in str(info.value)
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04garbage"])
-def test_unreadable_checkpoint_names_the_file(tmp_path, content, cfg512):
+@pytest.mark.parametrize("content, says", [
+    (b"", "not a readable PyTorch checkpoint"),
+    (b"not a checkpoint", "not a PyTorch checkpoint: neither a zip archive (torch.save) nor a pickle; it starts "
+                          "with bytes 6e 6f 74 20 61 20 63 68 ('not a ch')"),
+    (b"PK\x03\x04garbage", "not a readable PyTorch checkpoint"),
+])
+def test_unreadable_checkpoint_names_the_file_and_what_was_found(tmp_path, content, says, cfg512):
     path = tmp_path / "bad.pth"
     path.write_bytes(content)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(build_model(cfg512), path)
-    assert str(path) in str(info.value) and "not a readable PyTorch checkpoint" in str(info.value)
+    assert str(path) in str(info.value) and says in str(info.value)
+    assert "pickled objects" not in str(info.value)  # random bytes are not blamed on pickled code
+
+
+def test_a_checkpoint_with_pickled_code_names_what_it_holds(tmp_path, cfg512):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "when": datetime.date(2020, 1, 1)}, path)  # not a tensor: refused, never run
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(build_model(cfg512), path)
+    assert "refused: it holds datetime.date, a pickled object other than tensors" in str(info.value)
 
 
 def test_missing_checkpoint_file(tmp_path, cfg512):

@@ -126,7 +126,10 @@ def test_a_post_worker_crash_fails_the_run_naming_the_files(cfg, images):
             _run(records, cfg, pool, batch_size=2, on_batch=kill_post)
         message = str(caught.value)
         assert "post-processing worker process died (killed by SIGKILL)" in message and "\n" not in message
-        assert records[-1].path.name in message or records[2].path.name in message
+        # it names the files of the batch it lost; which batch that is depends on the timing of the kill,
+        # so the test holds what is certain: one batch of this run, not the first (done before the kill)
+        named = [r for r in records if r.path.name in message]
+        assert 1 <= len(named) <= 2 and all(r in records[2:] for r in named), message
         assert pool.closed  # the dead worker's set is not reused
     finally:
         pool.close()

@@ -174,3 +174,23 @@ def onnxruntime_reference(request, run_store, reference_weights) -> Callable[[Im
         return runs[images.name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def fp16_forecast(request, run_store, reference_tag, cfg512) -> Callable[[ImageSet, str], Dict[str, np.ndarray]]:
+    """``fp16_forecast(images, mode)``: the laptop's fp16 forecast of the reference export's
+    outputs (``m2det compare --emulate fp16``), computed once or read with --load-outputs.
+    The npu and gpu layers hold real fp16 drift against it."""
+
+    def get(images: ImageSet, mode: str) -> Dict[str, np.ndarray]:
+        def compute() -> Tuple[np.ndarray, np.ndarray]:
+            from m2det_impl.precision.forecast import forecast_fp16
+
+            export = request.getfixturevalue("reference_export")
+            f = forecast_fp16(export.path, images.batch, images.sizes, cfg512, mode=mode, layers=False,
+                              image_ids=images.ids)
+            return f.candidate["scores"], f.candidate["loc"]
+
+        return run_store.get(f"fp16forecast-{mode}", images, reference_tag, compute, loadable=True)
+
+    return get

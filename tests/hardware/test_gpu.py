@@ -171,19 +171,10 @@ def test_tensorrt_against_the_fp16_forecast(request, image_set, tensorrt_session
     default does; ``allow_mix_precision`` models layers it keeps in float32).
     """
     from m2det_impl._io import atomic_write_json
-    from m2det_impl.precision.forecast import forecast_fp16
-
     images = request.getfixturevalue(image_set)
     reference = onnxruntime_reference(images)
     mode = (os.environ.get("M2DET_TRT_PRECISION_MODE") or "force_fp16").split()[0]
-
-    def compute_forecast():
-        export = request.getfixturevalue("reference_export")
-        f = forecast_fp16(export.path, images.batch, images.sizes, cfg512, mode=mode, layers=False,
-                          image_ids=images.ids)
-        return f.candidate["scores"], f.candidate["loc"]
-
-    forecast = run_store.get(f"fp16forecast-{mode}", images, reference_tag, compute_forecast, loadable=True)
+    forecast = request.getfixturevalue("fp16_forecast")(images, mode)
     run = run_store.get("tensorrt", images, reference_tag,
                         lambda: tensorrt_session.infer(images.batch, max_batch=REFERENCE_CHUNK))
     figures = {"backend": "tensorrt", "images": images.name, "weights": reference_tag, "precision_mode": mode}

@@ -139,19 +139,10 @@ def test_om_against_the_fp16_forecast(request, image_set, om_paths, ascend_devic
     ``fp16forecast-<mode>__<images>__<weights>.npz``).
     """
     from m2det_impl._io import atomic_write_json
-    from m2det_impl.precision.forecast import forecast_fp16
-
     images = request.getfixturevalue(image_set)
     reference = onnxruntime_reference(images)
     mode = (os.environ.get("M2DET_PRECISION_MODE") or "force_fp16").split()[0]
-
-    def compute_forecast():
-        export = request.getfixturevalue("reference_export")
-        f = forecast_fp16(export.path, images.batch, images.sizes, cfg512, mode=mode, layers=False,
-                          image_ids=images.ids)
-        return f.candidate["scores"], f.candidate["loc"]
-
-    forecast = run_store.get(f"fp16forecast-{mode}", images, reference_tag, compute_forecast, loadable=True)
+    forecast = request.getfixturevalue("fp16_forecast")(images, mode)
     failures = []
     for path in om_paths:
         with OmBackend(path, device_id=ascend_device, num_classes=cfg512.num_classes) as backend:

@@ -41,12 +41,15 @@ def test_the_simulated_run_keeps_the_gil_while_it_waits():
     aclruntime; a GIL-releasing sleep of the same length stalls nothing."""
     backend = SimulatedNpuBackend(ms_per_image=100.0)
     batch = np.zeros((2, 3, 512, 512), np.float32)
-    assert _longest_stall(lambda: backend.infer(batch)) >= 0.18
+    held = _longest_stall(lambda: backend.infer(batch))
+    assert held >= 0.18  # a stall is never shorter than the GIL was held, whatever the machine's load
     assert backend.execute_times_ms == [200.0]  # the simulated device time, not the wall clock
-    assert _longest_stall(lambda: time.sleep(0.2)) < 0.05  # the probe sees a releasing wait
+    # the probe sees a releasing wait of the same length: bounds relative to the 200 ms, with room for
+    # a loaded machine's scheduling (a timing bound of the probe, never of the code's speed)
+    assert _longest_stall(lambda: time.sleep(0.2)) < 0.5 * held
     start = time.process_time()
     hold_gil_sleep(0.2)
-    assert time.process_time() - start < 0.05  # it waits without burning a core
+    assert time.process_time() - start < 0.1  # it waits without burning a core (CPU time, not wall time)
 
 
 def test_outputs_are_the_reference_cases_cycled_over_the_batch():

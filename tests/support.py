@@ -112,3 +112,20 @@ def decode_or_crash(path, cfg):
     if Path(path).name.startswith("crash"):
         os.kill(os.getpid(), signal.SIGKILL)
     return load_and_preprocess(path, cfg)
+
+
+def forecast_drift(run, reference, forecast, sizes, cfg, ids) -> Dict[str, dict]:
+    """How a device run drifts from float32 ("actual"), how the laptop's fp16
+    forecast said it would ("predicted"), and how far the two differ
+    ("forecast_error"): per output the worst metrics over the images (a
+    non-finite output reported as such), and the lowest detection agreement."""
+    from m2det_impl.evaluation.agreement import detection_agreement
+    from m2det_impl.evaluation.metrics import compare_runs, worst_per_output
+
+    figures: Dict[str, dict] = {}
+    for label, (a, b) in {"actual": (run, reference), "predicted": (forecast, reference),
+                          "forecast_error": (run, forecast)}.items():
+        agreements = detection_agreement(a, b, sizes, cfg, ids)
+        figures[label] = {"outputs": worst_per_output(compare_runs(a, b, ids)),
+                          "agreement": min(d.fraction for d in agreements)}
+    return figures

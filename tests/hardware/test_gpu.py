@@ -26,9 +26,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from support import forecast_drift
 
 from m2det_impl.evaluation.agreement import detection_agreement
-from m2det_impl.evaluation.metrics import compare_runs, worst_per_output
+from m2det_impl.evaluation.metrics import compare_runs
 from m2det_impl.evaluation.tolerances import Tolerances
 
 pytestmark = pytest.mark.gpu
@@ -178,11 +179,8 @@ def test_tensorrt_against_the_fp16_forecast(request, image_set, tensorrt_session
     run = run_store.get("tensorrt", images, reference_tag,
                         lambda: tensorrt_session.infer(images.batch, max_batch=REFERENCE_CHUNK))
     figures = {"backend": "tensorrt", "images": images.name, "weights": reference_tag, "precision_mode": mode}
-    for label, (a, b) in {"actual": (run, reference), "predicted": (forecast, reference),
-                          "forecast_error": (run, forecast)}.items():
-        agreements = detection_agreement(a, b, images.sizes, cfg512, images.ids)
-        figures[label] = {"outputs": worst_per_output(compare_runs(a, b, images.ids)),
-                          "agreement": min(d.fraction for d in agreements)}
+    figures.update(forecast_drift(run, reference, forecast, images.sizes, cfg512, images.ids))
+    for label in ("actual", "predicted", "forecast_error"):
         for output, w in figures[label]["outputs"].items():
             record_property(f"tensorrt_{images.name}_{label}_{output}_rel_l2", w["rel_l2"])
             record_property(f"tensorrt_{images.name}_{label}_{output}_cosine", w["cosine"])

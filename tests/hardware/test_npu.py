@@ -24,6 +24,7 @@ import glob
 import os
 
 import pytest
+from support import forecast_drift
 
 from m2det_impl.backends import OmBackend
 from m2det_impl.backends.registry import availability, backend_names
@@ -109,16 +110,6 @@ def test_npu_matches_onnxruntime(request, route, image_set, onnxruntime_referenc
 
 
 # ------------------------------------------------------------------ the fp16 forecast
-def _worst(metrics) -> dict:
-    out: dict = {}
-    for m in metrics:
-        w = out.setdefault(m.output, {"cosine": 1.0, "rel_l2": 0.0, "max_abs": 0.0})
-        w["cosine"] = min(w["cosine"], m.cosine)
-        w["rel_l2"] = max(w["rel_l2"], m.rel_l2)
-        w["max_abs"] = max(w["max_abs"], m.max_abs)
-    return out
-
-
 @pytest.mark.parametrize("image_set", ["golden_images", "coco_images"])
 def test_om_against_the_fp16_forecast(request, image_set, om_paths, ascend_device, onnxruntime_reference,
                                       run_store, reference_tag, cfg512, record_property):
@@ -149,11 +140,7 @@ def test_om_against_the_fp16_forecast(request, image_set, om_paths, ascend_devic
             run = run_store.get(f"om-bs{backend.static_batch}", images, reference_tag,
                                 lambda: backend.infer(images.batch))
         figures = {"om": str(path), "images": images.name, "weights": reference_tag, "precision_mode": mode}
-        for label, (a, b) in {"actual": (run, reference), "predicted": (forecast, reference),
-                              "forecast_error": (run, forecast)}.items():
-            agreements = detection_agreement(a, b, images.sizes, cfg512, images.ids)
-            figures[label] = {"outputs": _worst(compare_runs(a, b, images.ids)),
-                              "agreement": min(d.fraction for d in agreements)}
+        figures.update(forecast_drift(run, reference, forecast, images.sizes, cfg512, images.ids))
         for label in ("actual", "predicted", "forecast_error"):
             for output, w in figures[label]["outputs"].items():
                 record_property(f"{path.stem}_{images.name}_{label}_{output}_rel_l2", w["rel_l2"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from m2det_impl._io import PathLike, atomic_write_json, atomic_write_text, ensure_output_folder
 from m2det_impl.exit_codes import EXIT_OK
@@ -18,12 +18,12 @@ from m2det_impl.gating.bench_report import bench_markdown, machine_info
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.pipeline.dataset import Dataset
 from m2det_impl.published import DEFAULT_PUBLISHED
+from m2det_impl.workflows import Echo
 from m2det_impl.workflows.models import ModelSpec
 from m2det_impl.workflows.run import category_ids_for
 
 __all__ = ["bench"]
 
-Echo = Callable[[str], None]
 
 
 def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike, *,

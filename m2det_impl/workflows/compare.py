@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from m2det_impl._io import PathLike, atomic_write_text, ensure_output_folder
 from m2det_impl.errors import UsageError
@@ -11,12 +11,12 @@ from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 from m2det_impl.gating.gates import max_ap_drop_gate
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.pipeline.dataset import Dataset
+from m2det_impl.workflows import Echo
 from m2det_impl.workflows.models import ModelSpec, make_backend
 from m2det_impl.workflows.run import category_ids_for
 
 __all__ = ["compare_two_runs", "compare_precision"]
 
-Echo = Callable[[str], None]
 
 
 def _ap_change(data: dict) -> Optional[float]:

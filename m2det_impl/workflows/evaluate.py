@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from m2det_impl._io import PathLike, atomic_write_json, ensure_output_file
 from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.gating.gates import min_ap_gate
 from m2det_impl.network.config import M2DetConfig
+from m2det_impl.workflows import Echo
 
 __all__ = ["evaluate_outputs", "merge_shards", "announce_and_gate"]
 
-Echo = Callable[[str], None]
 
 
 def announce_and_gate(summary: dict, path: PathLike, min_ap: Optional[float], echo: Echo, log: Echo) -> int:

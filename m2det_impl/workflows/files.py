@@ -10,18 +10,18 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from m2det_impl._io import PathLike, atomic_write_json, ensure_output_folder
 from m2det_impl.errors import InputFileError, UsageError
 from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.pipeline.dataset import Dataset
+from m2det_impl.workflows import Echo
 from m2det_impl.workflows.models import GOLDEN_WARNING, ModelSpec
 
 __all__ = ["export", "export_int8", "preprocess", "infer", "IMAGE_SUFFIXES"]
 
-Echo = Callable[[str], None]
 IMAGE_SUFFIXES = ("jpg", "jpeg", "JPG", "JPEG", "png")
 
 

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 from m2det_impl._io import PathLike, atomic_write_json, ensure_output_folder
 from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.gating.gates import min_ap_gate
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.pipeline.dataset import Dataset
+from m2det_impl.workflows import Echo
 from m2det_impl.workflows.evaluate import announce_and_gate
 from m2det_impl.workflows.models import ModelSpec
 
 __all__ = ["run", "category_ids_for"]
 
-Echo = Callable[[str], None]
 
 
 def category_ids_for(annotations: Optional[PathLike], cfg: M2DetConfig) -> List[int]:

@@ -7,6 +7,7 @@ published ones. Presentation only; the figures are measured in
 from __future__ import annotations
 
 import platform
+import statistics
 from typing import Dict
 
 from m2det_impl.errors import M2DetError
@@ -63,6 +64,13 @@ def bench_markdown(data: Dict[str, object]) -> str:
             + (f"{e['images_per_second']:.3f} | {e['ratio']:.1%} | {e.get('host', 'threads')}" if e else "- | - | -")
             + f" | {table.get(str(b), '-')} | {t4.get(b, '-')} |"
         )
+    for b, e in e2e.items():
+        if e.get("results_dicts_s") and e.get("host") == "processes":  # the thread mode builds them in the run
+            per_image_ms = 1000.0 * statistics.median(e["results_dicts_s"]) / max(e["images"], 1)
+            lines += ["", f"End to end at batch {b} stops when every image's detections are in the calling "
+                          f"process (and journaled when the run has a journal); building the COCO result dicts "
+                          f"from them afterwards took {per_image_ms:.2f} ms per image (counted in: "
+                          f"{e['with_dicts_images_per_second']:.3f} img/s)."]
     versus = data.get("versus")
     if versus:
         lines += ["", f"Side by side, pure inference, repeats alternating: **{versus['backend']}** against "

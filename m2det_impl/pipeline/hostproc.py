@@ -10,9 +10,9 @@ process's GIL:
 - decode workers (processes) read and preprocess images straight into a
   shared-memory ring of input batches, ``[slots, B, 3, S, S]`` float32; the
   backend reads its batch from there, no copy;
-- one ship thread in the calling process copies each batch's outputs into a
-  shared-memory ring of output slots, in one numba ``nogil`` call that runs
-  while the next batch is on the device (a thread may run C without the GIL);
+- a copy thread in the calling process that never takes the GIL
+  (:mod:`m2det_impl.pipeline.copier`) copies each batch's outputs into a
+  shared-memory ring of output slots while the next batch is on the device;
 - post workers (processes) decode boxes, run soft-NMS and format the COCO
   results of a slot, and send the result dicts back.
 
@@ -35,12 +35,10 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from multiprocessing import connection as mp_connection
@@ -49,10 +47,10 @@ from pathlib import Path
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from numba import njit
 
 from m2det_impl.errors import InputFileError, M2DetError
 from m2det_impl.network.config import M2DetConfig
+from m2det_impl.pipeline.copier import Copier, background_priority, read_notice
 
 __all__ = [
     "HostProcesses",
@@ -85,14 +83,6 @@ def _describe_exit(code: Optional[int]) -> str:
     return f"exit code {code}"
 
 
-@njit(nogil=True, cache=True)
-def _copy_pair(dst_a, src_a, dst_b, src_b):  # pragma: no cover - compiled
-    for i in range(src_a.shape[0]):
-        dst_a[i] = src_a[i]
-    for i in range(src_b.shape[0]):
-        dst_b[i] = src_b[i]
-
-
 # ------------------------------------------------------------------ worker side
 def _attach(desc, attached: Dict[str, shared_memory.SharedMemory]) -> np.ndarray:
     name, shape = desc
@@ -101,17 +91,17 @@ def _attach(desc, attached: Dict[str, shared_memory.SharedMemory]) -> np.ndarray
     return np.ndarray(shape, np.float32, buffer=attached[name].buf)
 
 
-def _worker_main(conn, kind: str, decode_fn: Callable) -> None:
-    """A worker's loop: ``("setup", state)``, ``("decode", gen, task, path, slot, row)``,
-    ``("post", gen, k, slot, items)``, ``("stop",)``. Exits when the caller goes."""
+def _worker_main(conn, kind: str, decode_fn: Callable, notice_fd: int = -1) -> None:
+    """A worker's loop: ``("setup", state)``, ``("decode", gen, [(task, path,
+    slot, row), ...])`` (one answer per task), ``("post", gen, k, slot,
+    sequence, items, unreadable)``, ``("stop",)``. Exits when the caller goes."""
     from multiprocessing import resource_tracker
 
     # the calling process created the segments and unlinks them; a worker only maps them
     resource_tracker.register = lambda *args, **kwargs: None  # type: ignore[assignment]
     resource_tracker.unregister = lambda *args, **kwargs: None  # type: ignore[assignment]
     from m2det_impl.network.priors import make_priors
-    from m2det_impl.pipeline.coco import to_coco_results
-    from m2det_impl.pipeline.postprocess import detect, warmup
+    from m2det_impl.pipeline.postprocess import warmup
 
     if kind == "post":
         warmup()
@@ -144,42 +134,87 @@ def _worker_main(conn, kind: str, decode_fn: Callable) -> None:
                     attached.pop(name).close()
                 except BufferError:  # pragma: no cover - a view still alive
                     pass
-            continue
-        try:
-            if op == "decode":
-                _, gen, task, path, slot, row = msg
-                try:
-                    tensor, size = decode_fn(path, state["cfg"])
-                    state["in"][slot, row] = tensor
-                    conn.send(("decoded", gen, task, size, None))
-                except InputFileError as exc:
-                    conn.send(("decoded", gen, task, None, str(exc)))
-            elif op == "post":
-                _, gen, k, slot, items = msg
-                scores, loc, priors, cfg = state["scores"][slot], state["loc"][slot], state["priors"], state["cfg"]
-                entries = []
-                for i, (image_id, width, height) in enumerate(items):
-                    dets = detect(scores[i], loc[i], priors, width, height, cfg)
-                    entries.append((image_id, to_coco_results(dets, image_id, state["category_ids"]), None))
-                conn.send(("posted", gen, k, entries))
-        except BaseException as exc:  # noqa: BLE001 - a bug: re-raised in the calling process
+        elif op == "decode":
+            for task in msg[2]:
+                _decode_one(conn, state, decode_fn, msg[1], *task)
+        elif op == "post":
             try:
-                conn.send(("failed", msg[1], exc))
-            except Exception:  # noqa: BLE001 - unpicklable: send what it said
-                conn.send(("failed", msg[1], RuntimeError(f"{type(exc).__name__}: {exc}")))
+                if not _post_batch(conn, state, notice_fd, *msg[1:]):
+                    break  # the caller is gone
+            except BaseException as exc:  # noqa: BLE001 - a bug: re-raised in the calling process
+                _send_failure(conn, msg[1], exc)
 
 
-def _child_main(fd: int, kind: str) -> None:
+def _send_failure(conn, gen: int, exc: BaseException) -> None:
+    try:
+        conn.send(("failed", gen, exc))
+    except Exception:  # noqa: BLE001 - unpicklable: send what it said
+        conn.send(("failed", gen, RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+def _decode_one(conn, state: dict, decode_fn: Callable, gen: int, task, path: str, slot: int, row: int) -> None:
+    """Decode one image into its input slot and answer for it (every task gets one answer)."""
+    try:
+        tensor, size = decode_fn(path, state["cfg"])
+        state["in"][slot, row] = tensor
+        conn.send(("decoded", gen, task, size, None))
+    except InputFileError as exc:
+        conn.send(("decoded", gen, task, None, str(exc)))
+    except BaseException as exc:  # noqa: BLE001 - a bug: re-raised in the calling process
+        _send_failure(conn, gen, exc)
+
+
+def _post_batch(conn, state: dict, notice_fd: int, gen: int, k: int, slot, sequence, items, unreadable) -> bool:
+    """Detections of batch ``k`` (once its copy is done), journaled when the run
+    has a journal, sent back; False when the calling process is gone."""
+    from m2det_impl.pipeline.coco import to_coco_results
+    from m2det_impl.pipeline.journal import append_to_journal, encode_entries
+    from m2det_impl.pipeline.postprocess import detect
+
+    if sequence is not None and not _await_copy(notice_fd, sequence):
+        return False
+    entries = [(image_id, detect(state["scores"][slot][i], state["loc"][slot][i], state["priors"],
+                                 width, height, state["cfg"]), None)
+               for i, (image_id, width, height) in enumerate(items)] + list(unreadable)
+    if state.get("journal"):
+        cats = state["category_ids"]
+        lines = encode_entries([(image_id, None if dets is None else to_coco_results(dets, image_id, cats), reason)
+                                for image_id, dets, reason in entries])
+        try:
+            append_to_journal(state["journal"], lines)
+        except OSError as exc:
+            conn.send(("append_failed", gen, k, exc.errno, exc.strerror or str(exc)))
+            return True
+    conn.send(("posted", gen, k, entries))
+    return True
+
+
+def _await_copy(notice_fd: int, sequence: int) -> bool:
+    """Block until the copy thread's notice of ``sequence`` (notices come in
+    order); False when the calling process is gone."""
+    while True:
+        done = read_notice(notice_fd)
+        if done is None:
+            return False
+        if done == sequence:
+            return True
+        if done > sequence:
+            raise RuntimeError(f"output copy notices out of order: {done} before {sequence}")
+
+
+def _child_main(fd: int, kind: str, notice_fd: int = -1) -> None:
     """Entry point of a worker process (``python -c``): ``fd`` is its end of the
-    pipe; the first message carries the caller's ``sys.path`` and the pickled ``decode_fn``."""
+    pipe (``notice_fd``, a post worker's, the copy thread's notices); the first
+    message carries the caller's ``sys.path`` and the pickled ``decode_fn``."""
     import pickle
     import sys
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the calling process's to handle
+    background_priority()
     conn = mp_connection.Connection(fd)
     _, path, decode_blob = conn.recv()
     sys.path[:] = path
-    _worker_main(conn, kind, pickle.loads(decode_blob))
+    _worker_main(conn, kind, pickle.loads(decode_blob), notice_fd)
 
 
 def _default_decode(path, cfg: M2DetConfig):
@@ -190,11 +225,20 @@ def _default_decode(path, cfg: M2DetConfig):
 
 # ------------------------------------------------------------------ caller side
 class _Worker:
-    def __init__(self, process, conn, kind: str):
+    def __init__(self, process, conn, kind: str, notice_fd: int = -1):
         self.process = process
         self.conn = conn
         self.kind = kind
+        self.notice_fd = notice_fd  # a post worker's: the copy thread writes its notices here
         self.outstanding: Deque[tuple] = deque()  # tasks sent, not answered, in order
+
+    def close(self) -> None:
+        for close in (self.conn.close, lambda: os.close(self.notice_fd) if self.notice_fd >= 0 else None):
+            try:
+                close()
+            except OSError:  # pragma: no cover
+                pass
+        self.notice_fd = -1
 
 
 class _Ring:
@@ -245,11 +289,9 @@ class HostProcesses:
         self._decode: List[_Worker] = []
         self._post: List[_Worker] = []
         self._next_decode = 0
-        self._ship_jobs: "queue.Queue" = queue.Queue()
-        self._ship_started = threading.Semaphore(0)
-        self._ship_error: Optional[BaseException] = None
-        self._ship_lock = threading.Lock()
-        self._ship_thread: Optional[threading.Thread] = None
+        self._sequence = 0  # copies queued, over the pool's life
+        self._sources: Dict[int, tuple] = {}  # batch -> its outputs, alive until the copy is done
+        self._copier: Optional[Copier] = None
         self.closed = False
         try:
             starting = [self._spawn("decode") for _ in range(max(1, decode_workers))]
@@ -257,30 +299,39 @@ class HostProcesses:
             for worker in starting:
                 self._await_ready(worker)
                 (self._decode if worker.kind == "decode" else self._post).append(worker)
+            self._copier = Copier(OUTPUT_SLOTS)
         except BaseException:
             for worker in locals().get("starting", []):
                 worker.process.kill()
+                worker.close()
             raise
-        self._ship_thread = threading.Thread(target=self._ship_loop, name="m2det-ship", daemon=True)
-        self._ship_thread.start()
 
     # -- workers
     def _spawn(self, kind: str) -> _Worker:
         # python -c, not multiprocessing's spawn: that re-imports the caller's
         # __main__, which a script without a __main__ guard does not survive
         ours, theirs = socket.socketpair()
+        notice_r, notice_w = os.pipe() if kind == "post" else (-1, -1)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
-        code = "import sys; from m2det_impl.pipeline.hostproc import _child_main; _child_main(int(sys.argv[1]), sys.argv[2])"
+        code = ("import sys; from m2det_impl.pipeline.hostproc import _child_main; "
+                "_child_main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))")
         try:
-            process = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno()), kind],
-                                       pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
+            process = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno()), kind, str(notice_r)],
+                                       pass_fds=[fd for fd in (theirs.fileno(), notice_r) if fd >= 0], env=env,
+                                       stdin=subprocess.DEVNULL, process_group=0)
+        except BaseException:
+            ours.close()
+            if notice_w >= 0:
+                os.close(notice_w)
+            raise
         finally:
             theirs.close()
+            if notice_r >= 0:
+                os.close(notice_r)
         conn = mp_connection.Connection(ours.detach())
         conn.send(("hello", list(sys.path), pickle.dumps(self.decode_fn)))
-        return _Worker(process, conn, kind)
+        return _Worker(process, conn, kind, notice_w)
 
     def _await_ready(self, worker: _Worker) -> None:
         if mp_connection.wait([worker.conn], timeout=START_TIMEOUT_S):
@@ -291,6 +342,7 @@ class HostProcesses:
                 pass
         worker.process.kill()
         worker.process.wait(5)
+        worker.close()
         raise HostWorkerError(f"a {worker.kind} worker process would not start "
                               f"({_describe_exit(worker.process.returncode)})")
 
@@ -312,12 +364,14 @@ class HostProcesses:
             worker.conn.send(msg)
 
     # -- one run
-    def begin(self, cfg: M2DetConfig, category_ids: Sequence[int], batch_size: int) -> None:
-        """Set up a run: rings sized for ``batch_size`` (kept across runs of the same shapes)."""
+    def begin(self, cfg: M2DetConfig, category_ids: Sequence[int], batch_size: int,
+              journal: Optional[Path] = None) -> None:
+        """Set up a run: rings sized for ``batch_size`` (kept across runs of the
+        same shapes); with ``journal``, the post workers append each batch's
+        lines to it (:func:`~m2det_impl.pipeline.journal.append_to_journal`)
+        before they answer, so the calling thread never encodes or fsyncs them."""
         if self.closed:
             raise HostWorkerError("the host worker processes are closed")
-        if self._ship_error is not None:
-            raise HostWorkerError(f"the output copy thread failed earlier ({self._ship_error})")
         self._gen += 1
         self._events = []
         shape = (batch_size, 3, cfg.size, cfg.size)
@@ -329,7 +383,8 @@ class HostProcesses:
             self._drop_output_rings()
         self._free_out = list(range(OUTPUT_SLOTS)) if self._scores is not None else []
         self._out_of_batch = {}
-        self._state = {"cfg": cfg, "category_ids": [int(c) for c in category_ids]}
+        self._state = {"cfg": cfg, "category_ids": [int(c) for c in category_ids],
+                       "journal": None if journal is None else str(journal)}
         self._broadcast_setup()
 
     def _drop_output_rings(self) -> None:
@@ -343,18 +398,35 @@ class HostProcesses:
         """Input slot ``slot``'s first ``n`` rows: the batch the decode workers wrote."""
         return self._in.array[slot, :n]
 
-    def submit_decode(self, task, path, slot: int, row: int) -> None:
-        worker = self._decode[self._next_decode % len(self._decode)]
-        self._next_decode += 1
-        msg = ("decode", self._gen, task, str(path), slot, row)
-        worker.outstanding.append(msg)
-        worker.conn.send(msg)
+    def submit_decodes(self, tasks: Sequence[tuple]) -> None:
+        """Decode ``[(task, path, slot, row), ...]`` into the input ring, the
+        tasks dealt out in turn, one message per worker; each is answered from
+        :meth:`poll` as ``("decoded", task, ...)``."""
+        shares: Dict[int, list] = {}
+        for task, path, slot, row in tasks:
+            index = self._next_decode % len(self._decode)
+            self._next_decode += 1
+            shares.setdefault(index, []).append((task, str(path), slot, row))
+        for index, share in shares.items():
+            self._send_decodes(self._decode[index], share)
 
-    def ship(self, k: int, scores: np.ndarray, loc: np.ndarray, items: List[tuple], files: List[str]) -> None:
-        """Copy batch ``k``'s outputs into a free output slot (without the GIL,
-        overlapping the next ``backend.infer``) and have a post worker turn
-        ``items`` ``[(image_id, width, height)]`` into COCO results; the answer
-        comes back from :meth:`poll` as ``("posted", k, entries)``."""
+    def _send_decodes(self, worker: _Worker, share: List[tuple]) -> None:
+        worker.outstanding.extend(("decode", self._gen, *task) for task in share)
+        worker.conn.send(("decode", self._gen, share))
+
+    def ship(self, k: int, scores: np.ndarray, loc: np.ndarray, items: List[tuple], files: List[str],
+             unreadable: Sequence[tuple] = ()) -> None:
+        """Have batch ``k``'s outputs copied into a free output slot (by the
+        copy thread, without the GIL, overlapping the next ``backend.infer``)
+        and a post worker turn ``items`` ``[(image_id, width, height)]`` into
+        detections once the copy is done (and journal them with the batch's
+        ``unreadable`` entries ``(image_id, None, reason)``). The answer comes
+        back from :meth:`poll` as ``("posted", k, entries)``, an entry
+        ``(image_id, dets [N, 6], None)`` per item, then the unreadable ones.
+        ``scores`` and ``loc`` are kept alive until then. Nothing here waits
+        for the copy."""
+        scores = np.ascontiguousarray(scores, np.float32)
+        loc = np.ascontiguousarray(loc, np.float32)
         n = scores.shape[0]
         if (self._scores is None or self._scores.shape[2:] != scores.shape[1:]
                 or self._loc.shape[2:] != loc.shape[1:] or self._scores.shape[1] < n):
@@ -368,48 +440,34 @@ class HostProcesses:
             self._read(None)
         slot = self._free_out.pop(0)
         self._out_of_batch[k] = slot
-        self._ship_jobs.put((self._gen, k, slot, np.ascontiguousarray(scores, np.float32),
-                             np.ascontiguousarray(loc, np.float32), items, files))
-        self._ship_started.acquire()  # the copy has begun (and let go of the GIL)
-        if self._ship_error is not None:
-            raise HostWorkerError(f"copying the outputs of batch {k} failed: {self._ship_error}")
+        self._sources[k] = (scores, loc)
+        worker = self._post[k % len(self._post)]
+        self._sequence += 1
+        try:
+            self._copier.copy(slot, self._sequence, (scores, self._scores.array[slot, :n]),
+                              (loc, self._loc.array[slot, :n]), worker.notice_fd)
+        except RuntimeError as exc:
+            raise HostWorkerError(f"copying the outputs of batch {k}: {exc}") from None
+        self._post_message(worker, ("post", self._gen, k, slot, self._sequence, items, list(unreadable)), files)
 
-    def _ship_loop(self) -> None:
-        while True:
-            job = self._ship_jobs.get()
-            if job is None:
-                return
-            if isinstance(job, threading.Event):  # abandon(): every job before it is done
-                job.set()
-                continue
-            gen, k, slot, scores, loc, items, files = job
-            try:
-                n = scores.shape[0]
-                dst_s = self._scores.array[slot, :n].reshape(-1)
-                dst_l = self._loc.array[slot, :n].reshape(-1)
-                src_s, src_l = scores.reshape(-1), loc.reshape(-1)
-            except BaseException as exc:  # noqa: BLE001
-                self._ship_error = exc
-                self._ship_started.release()
-                continue
-            self._ship_started.release()
-            try:
-                _copy_pair(dst_s, src_s, dst_l, src_l)  # nogil: overlaps the caller's next infer
-                del dst_s, dst_l, src_s, src_l, scores, loc
-                with self._ship_lock:
-                    worker = self._post[k % len(self._post)]
-                    msg = ("post", gen, k, slot, items)
-                    worker.outstanding.append(msg + (files,))
-                    try:
-                        worker.conn.send(msg)
-                    except OSError:
-                        pass  # the worker is gone: the caller notices its pipe closed and names the batch
-            except BaseException as exc:  # noqa: BLE001
-                self._ship_error = exc
+    def post_unreadable(self, k: int, unreadable: Sequence[tuple]) -> None:
+        """Batch ``k`` had no readable image: journal its entries in turn
+        (answered as ``("posted", k, entries)`` like :meth:`ship`)."""
+        worker = self._post[k % len(self._post)]
+        self._post_message(worker, ("post", self._gen, k, None, None, [], list(unreadable)), [])
+
+    @staticmethod
+    def _post_message(worker: _Worker, msg: tuple, files: List[str]) -> None:
+        worker.outstanding.append(msg + (files,))
+        try:
+            worker.conn.send(msg)
+        except OSError:
+            pass  # the worker is gone: _read notices its pipe closed and names the batch
 
     def poll(self, timeout: Optional[float] = 0) -> List[tuple]:
-        """Answers so far: ``("decoded", task, (width, height) | None, error | None)``
-        and ``("posted", k, entries)``; waits up to ``timeout`` (``None``: until one)."""
+        """Answers so far: ``("decoded", task, (width, height) | None, error | None)``,
+        ``("posted", k, entries)`` and ``("append_failed", k, OSError)`` (the
+        journal append of batch ``k`` failed); waits up to ``timeout`` (``None``: until one)."""
         if not self._events:
             self._read(timeout)
         events, self._events = self._events, []
@@ -417,11 +475,8 @@ class HostProcesses:
 
     def _read(self, timeout: Optional[float]) -> None:
         while True:
-            if self._ship_error is not None:
-                raise HostWorkerError(f"copying outputs to the post-processing workers failed: {self._ship_error}")
             workers = self._decode + self._post
-            # short waits in a loop: the ship thread may hand a post worker its task meanwhile
-            ready = mp_connection.wait([w.conn for w in workers], timeout=timeout if timeout is not None else 0.05)
+            ready = mp_connection.wait([w.conn for w in workers], timeout=timeout)
             for worker in list(workers):
                 if worker.conn in ready and not self._receive(worker):
                     self._worker_died(worker)
@@ -447,11 +502,15 @@ class HostProcesses:
                 continue  # an answer from an abandoned run
             if msg[0] == "decoded":
                 self._events.append(("decoded", msg[2], msg[3], msg[4]))
-            elif msg[0] == "posted":
+            else:  # "posted" or "append_failed": the batch's copy is done, its slot and outputs free
+                self._sources.pop(msg[2], None)
                 slot = self._out_of_batch.pop(msg[2], None)
                 if slot is not None:
                     self._free_out.append(slot)
-                self._events.append(("posted", msg[2], msg[3]))
+                if msg[0] == "posted":
+                    self._events.append(("posted", msg[2], msg[3]))
+                else:
+                    self._events.append(("append_failed", msg[2], OSError(msg[3], msg[4])))
 
     def _worker_died(self, worker: _Worker) -> None:
         try:
@@ -461,7 +520,7 @@ class HostProcesses:
             worker.process.wait(5)
         why = _describe_exit(worker.process.returncode)
         lost = list(worker.outstanding)
-        worker.conn.close()
+        worker.close()
         if worker.kind == "post":
             self._post.remove(worker)
             current = [m for m in lost if m[1] == self._gen]
@@ -480,9 +539,8 @@ class HostProcesses:
             _, _, task, path, _, _ = current[0]
             self._events.append(("decoded", task, None,
                                  str(InputFileError(path, f"decoding this image crashed its worker process ({why})"))))
-            for msg in current[1:]:
-                replacement.outstanding.append(msg)
-                replacement.conn.send(msg)
+            if current[1:]:
+                self._send_decodes(replacement, [m[2:] for m in current[1:]])
 
     def abandon(self, timeout: float = 60.0) -> None:
         """After a run that stopped early (an unreadable image, Ctrl-C): let
@@ -491,17 +549,14 @@ class HostProcesses:
         if self.closed:
             return
         try:
-            flushed = threading.Event()
-            self._ship_jobs.put(flushed)
             deadline = time.monotonic() + timeout
-            if not flushed.wait(timeout):
-                raise TimeoutError
             self._gen += 1  # what is still answered belongs to no run
-            while any(w.outstanding for w in self._decode + self._post):
+            while any(w.outstanding for w in self._decode + self._post):  # a post answer: its copy is done
                 if time.monotonic() > deadline:
                     raise TimeoutError
                 self._read(0.05)
             self._events = []
+            self._sources.clear()
         except BaseException:  # noqa: BLE001 - a dead or stuck worker: start afresh next time
             self.close()
 
@@ -510,9 +565,9 @@ class HostProcesses:
         if self.closed:
             return
         self.closed = True
-        if self._ship_thread is not None:
-            self._ship_jobs.put(None)
-            self._ship_thread.join(10)
+        if self._copier is not None:
+            self._copier.close()  # every queued copy done: the sources and the rings can go
+        self._sources.clear()
         for worker in self._decode + self._post:
             try:
                 worker.conn.send(("stop",))
@@ -524,10 +579,7 @@ class HostProcesses:
             except subprocess.TimeoutExpired:
                 worker.process.kill()
                 worker.process.wait(2)
-            try:
-                worker.conn.close()
-            except OSError:  # pragma: no cover
-                pass
+            worker.close()
         self._decode, self._post = [], []
         for ring in (self._in, self._scores, self._loc):
             if ring is not None:

@@ -21,6 +21,8 @@ from m2det_impl.errors import InputFileError, M2DetError, OutputFileError
 
 __all__ = [
     "PartialStore",
+    "encode_entries",
+    "append_to_journal",
 ]
 
 
@@ -172,38 +174,55 @@ class PartialStore:
 
     def add(self, entries: Sequence[Tuple[int, Optional[list], Optional[str]]]) -> None:
         """Record finished images: (image_id, results, None) or (image_id, None, reason)."""
-        lines = []
-        for image_id, results, skipped in entries:
-            if skipped is not None:
-                lines.append(json.dumps({"image_id": image_id, "skipped": skipped}))
-            else:
-                lines.append(json.dumps({"image_id": image_id, "results": results}))
-        if not lines:
+        data = encode_entries(entries)
+        if not data:
             return
-        data = ("\n".join(lines) + "\n").encode("utf-8")
         try:
-            _append(self.path, data)
+            append_to_journal(self.path, data)
         except OSError as exc:
-            raise OutputFileError(
-                self.path, f"cannot append to the partial-results journal ({exc.strerror or exc}); the "
-                f"{len(self.finished())} image(s) finished before are kept: fix this and run the same command "
-                "again to resume", exc.errno) from None
+            raise self.append_failed(exc) from None
         for image_id, results, skipped in entries:  # recorded only once on disk
             if skipped is not None:
                 self.skipped[image_id] = skipped
             else:
                 self.done[image_id] = results
 
+    def append_failed(self, exc: OSError) -> OutputFileError:
+        """The error for an append that failed (a full disk), naming the journal."""
+        return OutputFileError(
+            self.path, f"cannot append to the partial-results journal ({exc.strerror or exc}); the "
+            f"{len(self.finished())} image(s) finished before are kept: fix this and run the same command "
+            "again to resume", exc.errno)
+
     def finished(self) -> set:
         return set(self.done) | set(self.skipped)
 
 
-def _append(path: Path, data: bytes) -> None:
+def encode_entries(entries: Sequence[Tuple[int, Optional[list], Optional[str]]]) -> bytes:
+    """The journal lines of finished images (see :meth:`PartialStore.add`), UTF-8."""
+    lines = []
+    for image_id, results, skipped in entries:
+        if skipped is not None:
+            lines.append(json.dumps({"image_id": image_id, "skipped": skipped}))
+        else:
+            lines.append(json.dumps({"image_id": image_id, "results": results}))
+    return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+
+
+def append_to_journal(path: PathLike, data: bytes) -> None:
     """Append ``data`` and fsync; on failure (a full disk) cut the file back to
     where it was, so no half line is left behind where the disk allows it (a
-    half line left anyway, by a kill, is dropped on resume)."""
+    half line left anyway, by a kill, is dropped on resume). Appends from
+    several processes of one run (host worker processes) take turns: an
+    ``flock`` on the journal for the append."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except (ImportError, OSError):  # pragma: no cover - no locks here: one appender anyway
+            pass
         start = os.fstat(fd).st_size
         try:
             view = memoryview(data)

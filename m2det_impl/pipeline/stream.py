@@ -30,8 +30,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -41,6 +40,7 @@ from m2det_impl.network.priors import make_priors
 from m2det_impl.pipeline.dataset import ImageRecord
 from m2det_impl.pipeline.journal import PartialStore
 from m2det_impl.pipeline.preprocess import load_and_preprocess
+from m2det_impl.pipeline.run_results import RunResults
 
 __all__ = [
     "RunOutcome",
@@ -53,10 +53,11 @@ __all__ = [
 
 HOST_MODES = ("auto", "threads", "processes")
 #: ``host="auto"`` starts worker processes for a GIL-holding backend from this
-#: many images on: starting them (spawn, imports, numba warm-up) takes about
-#: 1.5 s on two cores, and they save about 8 ms per image over threads at
-#: batch 4 (README, "Throughput"), so they pay from roughly 200 images.
-PROCESSES_MIN_IMAGES = 200
+#: many images on: starting them (spawn, imports, numba warm-up) takes 0.9 to
+#: 1.6 s on two cores, and with the simulated 310P at batch 4 they take 15.4 ms
+#: per image against the threads' 19.7 (README, "Runtimes that keep the GIL"),
+#: so they pay from roughly 200 to 400 images.
+PROCESSES_MIN_IMAGES = 300
 
 
 def iter_preprocessed(records: Sequence[ImageRecord], cfg: M2DetConfig, workers: int = 2,
@@ -86,17 +87,47 @@ def iter_preprocessed(records: Sequence[ImageRecord], cfg: M2DetConfig, workers:
             yield result
 
 
-@dataclass
 class RunOutcome:
-    """What a run produced and how long each part took."""
+    """What a run produced and how long each part took.
 
-    results: List[dict]
-    image_ids: List[int]
-    skipped: Dict[int, str] = field(default_factory=dict)
-    processed_now: int = 0
-    resumed: int = 0
-    seconds: float = 0.0
-    infer_seconds: float = 0.0
+    ``results``: every image's COCO result dicts, in image-id order. A run
+    with its host work in worker processes ends when every image's
+    detections are in this process (and journaled), as arrays; the dicts are
+    built from them on first access (pipeline.run_results: about 0.3 ms per
+    image here, which would otherwise hold up a GIL-holding device), and
+    :attr:`results_seconds` records how long that took. :attr:`seconds` is the
+    run without it.
+    """
+
+    def __init__(self, results: Optional[List[dict]] = None, image_ids: Sequence[int] = (),
+                 skipped: Optional[Dict[int, str]] = None, processed_now: int = 0, resumed: int = 0,
+                 seconds: float = 0.0, infer_seconds: float = 0.0):
+        self.image_ids: List[int] = list(image_ids)
+        self.skipped: Dict[int, str] = dict(skipped or {})
+        self.processed_now = processed_now
+        self.resumed = resumed
+        self.seconds = seconds
+        self.infer_seconds = infer_seconds
+        self.results_seconds = 0.0
+        self._results: Optional[List[dict]] = list(results) if results is not None else []
+        self._unbuilt: Optional[RunResults] = None
+
+    def hold(self, unbuilt: RunResults) -> None:
+        """Results to build on first access of :attr:`results`."""
+        self._unbuilt, self._results = unbuilt, None
+
+    @property
+    def results(self) -> List[dict]:
+        if self._results is None:
+            start = time.perf_counter()
+            self._results = self._unbuilt.coco_results(self.image_ids)
+            self._unbuilt = None
+            self.results_seconds = time.perf_counter() - start
+        return self._results
+
+    @results.setter
+    def results(self, value: List[dict]) -> None:
+        self._results, self._unbuilt = value, None
 
     @property
     def images_per_second(self) -> float:
@@ -151,9 +182,10 @@ def run_pipeline(records: Sequence[ImageRecord], backend, cfg: M2DetConfig, cate
     already = store.finished() if store is not None else set()
     todo = [r for r in records if r.image_id not in already]
     mode = choose_host(host, backend, len(todo), loader_threads)
-    collected: Dict[int, list] = {} if store is None else store.done
+    collected: Dict[int, Union[list, np.ndarray]] = {} if store is None else store.done
     skipped: Dict[int, str] = {} if store is None else store.skipped
-    outcome = RunOutcome(results=[], image_ids=[r.image_id for r in records], resumed=len(records) - len(todo))
+    results = RunResults(collected, category_ids)
+    outcome = RunOutcome(image_ids=[r.image_id for r in records], resumed=len(records) - len(todo))
     pool = None
     if mode == "processes" and todo:
         from m2det_impl.pipeline.hostproc import HostProcesses, shared_host_processes
@@ -163,13 +195,14 @@ def run_pipeline(records: Sequence[ImageRecord], backend, cfg: M2DetConfig, cate
     bar = tqdm(total=len(records), initial=outcome.resumed, unit="img", desc="m2det run",
                disable=not progress, dynamic_ncols=True)
 
-    def settle(entries) -> None:
-        if store is not None:
+    def settle(entries, written: bool = False) -> None:
+        """Record a finished batch; ``written``: its journal lines are on disk already."""
+        if store is not None and not written:
             store.add(entries)
         else:
-            for image_id, results, reason in entries:
+            for image_id, found, reason in entries:
                 if reason is None:
-                    collected[image_id] = results
+                    results.add(image_id, found)
                 else:
                     skipped[image_id] = reason
         outcome.processed_now += len(entries)
@@ -179,16 +212,17 @@ def run_pipeline(records: Sequence[ImageRecord], backend, cfg: M2DetConfig, cate
 
     if pool is not None:
         try:
-            _run_processes(pool, todo, backend, cfg, category_ids, batch_size, skip_bad, settle, outcome)
+            _run_processes(pool, todo, backend, cfg, category_ids, batch_size, skip_bad, settle, outcome,
+                           store, results.build_some)
         except BaseException:
             pool.abandon()  # its workers may still be writing this run's slots
             raise
     else:
         _run_threads(todo, backend, cfg, category_ids, batch_size, skip_bad, loader_threads, settle, outcome)
     bar.close()
-    outcome.seconds = time.perf_counter() - start
     outcome.skipped = {i: skipped[i] for i in outcome.image_ids if i in skipped}
-    outcome.results = [det for i in outcome.image_ids for det in collected.get(i, [])]
+    outcome.seconds = time.perf_counter() - start
+    outcome.hold(results)
     return outcome
 
 
@@ -221,38 +255,42 @@ def _run_threads(todo, backend, cfg, category_ids, batch_size, skip_bad, loader_
             settle(pending.popleft().result())
 
 
-def _run_processes(pool, todo, backend, cfg, category_ids, batch_size, skip_bad, settle, outcome) -> None:
-    """The calling thread only feeds the backend: decoding, the output copy and
-    post-processing overlap it outside this thread's GIL (pipeline.hostproc)."""
+def _run_processes(pool, todo, backend, cfg, category_ids, batch_size, skip_bad, settle, outcome, store,
+                   build_some: Callable[[], bool]) -> None:
+    """The calling thread only feeds the backend: decoding, the output copy,
+    post-processing and the journal's appends overlap it outside this
+    thread's GIL (pipeline.hostproc). Once the last batch is on its way it
+    builds finished images' COCO dicts (``build_some``) while it waits."""
     from m2det_impl.pipeline.hostproc import INPUT_SLOTS
 
     chunks = [todo[i: i + batch_size] for i in range(0, len(todo), batch_size)]
     if not chunks:
         return
-    pool.begin(cfg, category_ids, batch_size)
+    pool.begin(cfg, category_ids, batch_size, journal=None if store is None else store.path)
     decoded: Dict[int, list] = {}
-    unreadable: Dict[int, list] = {}
     ready: Dict[int, list] = {}
     next_settle = 0
 
     def submit(k: int) -> None:
         if k < len(chunks):
             decoded[k] = [None] * len(chunks[k])
-            for row, record in enumerate(chunks[k]):
-                pool.submit_decode((k, row), record.path, k % INPUT_SLOTS, row)
+            pool.submit_decodes([((k, row), record.path, k % INPUT_SLOTS, row)
+                                 for row, record in enumerate(chunks[k])])
 
     def handle(events) -> None:
         for event in events:
             if event[0] == "decoded":
                 (k, row), size, err = event[1], event[2], event[3]
                 decoded[k][row] = (size, err)
-            else:
-                ready[event[1]] = event[2] + unreadable.pop(event[1], [])
+            elif event[0] == "posted":
+                ready[event[1]] = event[2]
+            else:  # "append_failed": the journal could not take batch event[1]
+                raise store.append_failed(event[2])
 
     def settle_ready() -> None:
         nonlocal next_settle
         while next_settle in ready:
-            settle(ready.pop(next_settle))
+            settle(ready.pop(next_settle), written=True)
             next_settle += 1
 
     for k in range(min(INPUT_SLOTS, len(chunks))):
@@ -273,17 +311,19 @@ def _run_processes(pool, todo, backend, cfg, category_ids, batch_size, skip_bad,
             outcome.infer_seconds += time.perf_counter() - t0
             del batch, view
             submit(k + INPUT_SLOTS)  # the slot is free again
-            unreadable[k] = bad
             items = [(chunk[i].image_id, *rows[i][0]) for i in good]
-            pool.ship(k, scores, loc, items, [str(chunk[i].path) for i in good])
+            pool.ship(k, scores, loc, items, [str(chunk[i].path) for i in good], bad)
             del scores, loc
         else:
             submit(k + INPUT_SLOTS)
-            ready[k] = bad
+            pool.post_unreadable(k, bad)
         handle(pool.poll(0))
         settle_ready()
     while next_settle < len(chunks):
-        handle(pool.poll(None))
+        events = pool.poll(0)
+        if not events and not build_some():
+            events = pool.poll(None)
+        handle(events)
         settle_ready()
 
 

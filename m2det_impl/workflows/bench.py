@@ -74,7 +74,7 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
                 log(f"batch {b}: {names[1]} {rows[names[1]]['wall_clock_images_per_second']:.3f} img/s, {names[0]} "
                     f"{rows[names[0]]['wall_clock_images_per_second']:.3f} img/s (wall clock): "
                     f"{side['speed_ratio'][str(b)]:.2f}x")
-        if not (not end_to_end):
+        if end_to_end:
             for b in batch_sizes:
                 log(f"end to end over {len(records)} images, batch {b}, paired with pure inference ...")
                 data["end_to_end"].append(measure_end_to_end(backend, records, cfg, category_ids, b,

@@ -15,9 +15,10 @@ that row's sequence number to the notice pipe the row names (the
 post-processing worker waiting for it). The calling thread only fills a row
 and writes 8 bytes: it never waits for the copy thread.
 
-The caller keeps each source array alive until the copy is known done (the
-worker's answer, which it sends only after the notice), or until
-:meth:`Copier.close`, which returns after every queued command is done.
+The caller keeps each source array alive until the copy is known done
+(:attr:`Copier.done_sequence`, which the worker's answer implies: it waits for
+the notice), or until :meth:`Copier.close`, which returns after every queued
+command is done.
 """
 
 from __future__ import annotations
@@ -51,10 +52,10 @@ _memcpy.restype = ctypes.c_size_t
 
 
 @njit(nogil=True)  # not cached: numba cannot cache a function that calls through ctypes pointers
-def _copy_loop(command_fd, table):  # pragma: no cover - compiled
+def _copy_loop(command_fd, table, done):  # pragma: no cover - compiled
     """Until a negative command or the pipe's end: read a row index, copy its
-    two buffers, send its sequence number to its notice fd. Returns 0, or -1
-    when reading a command failed."""
+    two buffers, record its sequence number in ``done[0]`` and send it to its
+    notice fd. Returns 0, or -1 when reading a command failed."""
     word = np.zeros(1, np.int64)
     address = word.ctypes.data
     while True:
@@ -70,6 +71,7 @@ def _copy_loop(command_fd, table):  # pragma: no cover - compiled
         _memcpy(table[row, 1], table[row, 0], table[row, 2])
         _memcpy(table[row, 4], table[row, 3], table[row, 5])
         word[0] = table[row, 7]
+        done[0] = word[0]
         _write(table[row, 6], address, 8)  # a worker gone: EPIPE (SIGPIPE is ignored), nothing waits
 
 
@@ -78,6 +80,7 @@ class Copier:
 
     def __init__(self, rows: int):
         self.table = np.zeros((rows, _ROW), np.int64)
+        self._done = np.zeros(1, np.int64)
         self.error: Optional[str] = None
         self._command_r, self._command_w = os.pipe()
         self._started = threading.Event()
@@ -91,12 +94,17 @@ class Copier:
         background_priority()
         self._started.set()
         try:
-            status = _copy_loop(self._command_r, self.table)
+            status = _copy_loop(self._command_r, self.table, self._done)
         except BaseException as exc:  # noqa: BLE001 - reported by the next copy()
             self.error = f"{type(exc).__name__}: {exc}"
             return
         if status < 0:
             self.error = "reading its command pipe failed"
+
+    @property
+    def done_sequence(self) -> int:
+        """The sequence number of the last copy finished (copies finish in order)."""
+        return int(self._done[0])
 
     @property
     def native_id(self) -> int:

@@ -290,7 +290,7 @@ class HostProcesses:
         self._post: List[_Worker] = []
         self._next_decode = 0
         self._sequence = 0  # copies queued, over the pool's life
-        self._sources: Dict[int, tuple] = {}  # batch -> its outputs, alive until the copy is done
+        self._sources: Dict[int, tuple] = {}  # batch -> (sequence, scores, loc), alive until copied
         self._copier: Optional[Copier] = None
         self.closed = False
         try:
@@ -440,9 +440,9 @@ class HostProcesses:
             self._read(None)
         slot = self._free_out.pop(0)
         self._out_of_batch[k] = slot
-        self._sources[k] = (scores, loc)
         worker = self._post[k % len(self._post)]
         self._sequence += 1
+        self._sources[k] = (self._sequence, scores, loc)
         try:
             self._copier.copy(slot, self._sequence, (scores, self._scores.array[slot, :n]),
                               (loc, self._loc.array[slot, :n]), worker.notice_fd)
@@ -503,7 +503,7 @@ class HostProcesses:
             if msg[0] == "decoded":
                 self._events.append(("decoded", msg[2], msg[3], msg[4]))
             else:  # "posted" or "append_failed": the batch's copy is done, its slot and outputs free
-                self._sources.pop(msg[2], None)
+                self._release_outputs(msg[2])
                 slot = self._out_of_batch.pop(msg[2], None)
                 if slot is not None:
                     self._free_out.append(slot)
@@ -511,6 +511,18 @@ class HostProcesses:
                     self._events.append(("posted", msg[2], msg[3]))
                 else:
                     self._events.append(("append_failed", msg[2], OSError(msg[3], msg[4])))
+
+    def _release_outputs(self, k: int) -> None:
+        """Drop batch ``k``'s outputs, whose copy its post worker has waited
+        for. A worker that answered before the copy finished would have it
+        read freed memory: that is a bug, reported, never a crash."""
+        held = self._sources.get(k)
+        if held is None:
+            return
+        if self._copier.done_sequence < held[0]:
+            raise HostWorkerError(f"batch {k} was answered before its outputs were copied (copy "
+                                  f"{held[0]}, {self._copier.done_sequence} done): a bug in the post worker")
+        del self._sources[k]
 
     def _worker_died(self, worker: _Worker) -> None:
         try:
@@ -556,7 +568,10 @@ class HostProcesses:
                     raise TimeoutError
                 self._read(0.05)
             self._events = []
-            self._sources.clear()
+            done = self._copier.done_sequence
+            self._sources = {k: held for k, held in self._sources.items() if held[0] > done}
+            if self._sources:
+                raise HostWorkerError("copies outstanding after every answer came")
         except BaseException:  # noqa: BLE001 - a dead or stuck worker: start afresh next time
             self.close()
 

@@ -46,6 +46,7 @@ def test_copies_both_buffers_and_sends_each_sequence_in_order(copier, notices):
         if k >= 3:  # a row is reused only after its notice
             assert read_notice(read_end) == 100 + k - 3
     assert [read_notice(read_end) for _ in range(3)] == [103, 104, 105]
+    assert copier.done_sequence == 105  # what the caller checks before it frees a batch's outputs
     for first, second in batches:
         for source, destination in (first, second):
             assert destination.tobytes() == source.tobytes()

@@ -83,7 +83,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Known failures per platform (fixtures/known_failures.json): listed tests
-    are marked xfail with their reason; stale entries are reported at the end."""
+    are marked xfail with their reason; stale entries are reported at the end.
+    A pytest-xdist worker takes its share of the cores for its runtimes."""
     from m2det_impl.errors import InputFileError
     from tests.plugins.known_failures import KnownFailuresPlugin
 
@@ -91,6 +92,26 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(KnownFailuresPlugin(REPO_ROOT), "m2det-known-failures")
     except InputFileError as exc:
         raise pytest.UsageError(f"known failures: {exc}") from None
+    _share_the_cores(os.environ.get("PYTEST_XDIST_WORKER_COUNT"))
+
+
+def _share_the_cores(workers: str | None) -> None:
+    """Under ``-n N``, each worker's ONNX Runtime and PyTorch (and the ``m2det``
+    processes it starts, which inherit ``M2DET_THREADS``) get cores / N
+    threads, unless M2DET_THREADS says otherwise: N runtimes each spinning one
+    thread per core cost the 2-core CI machine a sixth more CPU time."""
+    if not workers:
+        return
+    from m2det_impl.backends.base import THREADS_ENV, default_threads
+
+    os.environ.setdefault(THREADS_ENV, str(max(1, (os.cpu_count() or 1) // max(1, int(workers)))))
+    try:
+        threads = default_threads()
+    except Exception as exc:  # noqa: BLE001 - a bad value is the user's: say so
+        raise pytest.UsageError(str(exc)) from None
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from m2det_impl.backends.base import default_threads
 from m2det_impl.errors import BackendUnavailableError, InputFileError, ModelOutputError, UsageError
 
 from .base import Backend, Outputs
@@ -55,7 +56,7 @@ class OnnxRuntimeBackend(Backend):
     ``providers``: execution providers in priority order, full names or the
     aliases ``cpu``, ``cuda``, ``cann`` (a ``(name, options)`` tuple passes
     provider options); default CPU only. ``threads`` sets the intra-op thread
-    count (default: ONNX Runtime's choice). The file's outputs must be named
+    count (default: ``$M2DET_THREADS``, else ONNX Runtime's choice). The file's outputs must be named
     ``scores`` and ``loc``; they are returned in that order whatever their
     position in the file.
     """
@@ -80,6 +81,7 @@ class OnnxRuntimeBackend(Backend):
                 f"{', '.join(available)}): {hints}"
             )
         options = ort.SessionOptions()
+        threads = default_threads() if threads is None else threads
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         resolved: List[ProviderSpec] = [

@@ -91,7 +91,7 @@ def add_model_options(p: argparse.ArgumentParser, backends: bool = True, batch: 
         add_calibration_options(g)
         g.add_argument("--om", help=".om model for --backend om")
         g.add_argument("--device-id", type=int, default=0, help="NPU or GPU device id (default 0)")
-        g.add_argument("--threads", type=int, help="intra-op threads for onnxruntime/torch (default: all cores)")
+        g.add_argument("--threads", type=int, help="intra-op threads for onnxruntime/torch (default: $M2DET_THREADS, else all cores)")
         g.add_argument("--sim-ms-per-image", type=non_negative_float, default=15.0,
                        help="--backend simulated-npu: simulated device time per image, the GIL held (default 15: "
                             "a 310P3 at about 66 img/s)")

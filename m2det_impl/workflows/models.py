@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 from m2det_impl._io import PathLike
+from m2det_impl.backends.base import default_threads
 from m2det_impl.backends.cache import cached_onnx
 from m2det_impl.backends.registry import BACKENDS
 from m2det_impl.errors import BackendUnavailableError, UsageError
@@ -99,6 +100,7 @@ def make_backend(kind: str, cfg: M2DetConfig, *, weights: Optional[PathLike] = N
     if kind == "torch":
         import torch
 
+        threads = threads or default_threads()
         if threads:
             torch.set_num_threads(int(threads))
         return backends.TorchBackend(load_model(cfg, weights))

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from m2det_impl.backends import Backend, OnnxRuntimeBackend, TorchBackend
-from m2det_impl.errors import BackendUnavailableError, InputFileError, ModelOutputError
+from m2det_impl.errors import BackendUnavailableError, InputFileError, ModelOutputError, UsageError
 from m2det_impl.evaluation.agreement import detection_agreement
 from m2det_impl.evaluation.metrics import compare_runs
 from m2det_impl.evaluation.tolerances import Tolerances
@@ -116,6 +116,22 @@ def test_onnxruntime_rejects_outputs_not_named_scores_and_loc(tmp_path):
     with pytest.raises(ModelOutputError) as info:
         OnnxRuntimeBackend(path)
     assert str(path) in str(info.value) and "boxes" in str(info.value)
+
+
+def test_onnxruntime_threads_come_from_the_argument_then_m2det_threads(tmp_path, monkeypatch):
+    path = _tiny_onnx(tmp_path / "tiny.onnx", ["scores", "loc"])
+
+    def threads(**kw) -> int:
+        return OnnxRuntimeBackend(path, **kw).session.get_session_options().intra_op_num_threads
+
+    monkeypatch.delenv("M2DET_THREADS", raising=False)
+    assert threads() == 0  # ONNX Runtime's own choice
+    monkeypatch.setenv("M2DET_THREADS", "3")
+    assert threads() == 3 and threads(threads=2) == 2
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("M2DET_THREADS", bad)
+        with pytest.raises(UsageError, match=f"M2DET_THREADS={bad!r}: expected a positive number"):
+            OnnxRuntimeBackend(path)
 
 
 def test_onnxruntime_missing_file(tmp_path):

@@ -36,18 +36,18 @@ N = 4
 LIMIT = 4  # one image per shard: the logic, not the throughput, is under test
 
 
-@pytest.fixture(scope="module")
-def onnx_path(golden_export) -> Path:
-    return golden_export(None).path
+# The sharding is the run's, not the model's: the simulated 310P (no wait)
+# stands in for the network; ONNX Runtime shards run in tests/cli/test_cli.py.
+MODEL = ["--backend", "simulated-npu", "--sim-ms-per-image", "0"]
 
 
 def _cli(*argv: str) -> List[str]:
     return [sys.executable, "-m", "m2det_impl.cli", *argv]
 
 
-def _shard_argv(onnx: Path, folder: Path, index: int) -> List[str]:
-    return _cli("run", "--onnx", str(onnx), "--out", str(folder), "--limit", str(LIMIT), "--batch-size", "1",
-                "--shard", f"{index}/{N}", "--quiet", "--threads", "1")
+def _shard_argv(folder: Path, index: int) -> List[str]:
+    return _cli("run", *MODEL, "--out", str(folder), "--limit", str(LIMIT), "--batch-size", "1",
+                "--shard", f"{index}/{N}", "--quiet")
 
 
 def _merge(shards: Path, out: Path) -> int:
@@ -56,14 +56,14 @@ def _merge(shards: Path, out: Path) -> int:
                  "--results", str(out / "results.json"), "--summary", str(out / "summary.json")])
 
 
-def test_four_shard_processes_merge_to_the_unsharded_run_and_a_lost_shard_is_named(tmp_path, onnx_path, capsys):
+def test_four_shard_processes_merge_to_the_unsharded_run_and_a_lost_shard_is_named(tmp_path, capsys):
     shards = tmp_path / "shards"
     folders = [shards / f"m2det-shard-{i}-of-{N}" for i in range(N)]  # the artifacts' names
-    procs = [subprocess.Popen(_shard_argv(onnx_path, f, i), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    procs = [subprocess.Popen(_shard_argv(f, i), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i, f in enumerate(folders)]
     single = tmp_path / "single"
-    assert main(["run", "--onnx", str(onnx_path), "--out", str(single), "--limit", str(LIMIT), "--batch-size", "1",
-                 "--quiet", "--no-report", "--threads", "1"]) == EXIT_OK
+    assert main(["run", *MODEL, "--out", str(single), "--limit", str(LIMIT), "--batch-size", "1",
+                 "--quiet", "--no-report"]) == EXIT_OK
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [EXIT_OK] * N, outputs
     covered = [json.loads((f / f"results.shard-{i}-of-{N}.json").read_text())["image_ids"]
@@ -91,7 +91,7 @@ def test_four_shard_processes_merge_to_the_unsharded_run_and_a_lost_shard_is_nam
     assert not (failed / "results.json").exists() and not (failed / "summary.json").exists()
 
     # the re-run restores the folder and resumes from the journal: nothing is computed again
-    assert main(_shard_argv(onnx_path, folders[2], 2)[3:]) == EXIT_OK  # the same command line, in this process
+    assert main(_shard_argv(folders[2], 2)[3:]) == EXIT_OK  # the same command line, in this process
     assert "1 of 1 images already done" in capsys.readouterr().err
     assert _merge(shards, tmp_path / "resumed") == EXIT_OK
     assert (tmp_path / "resumed" / "results.json").read_text() == (merged / "results.json").read_text()

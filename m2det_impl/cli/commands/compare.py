@@ -47,7 +47,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_model_options(p, backends=False)
     g = p.add_argument_group("models compared")
     g.add_argument("--onnx", help="float32 ONNX model (default: a cached export of --weights)")
-    g.add_argument("--threads", type=int, help="intra-op threads for onnxruntime")
+    g.add_argument("--threads", type=int, help="intra-op threads for onnxruntime (default: $M2DET_THREADS, else all cores)")
     add_calibration_options(g)
     g = p.add_argument_group("saved runs")
     g.add_argument("--pair", help="tolerance key, default '<candidate backend>/<reference backend>'")

@@ -109,9 +109,9 @@ def _share_the_cores(workers: str | None) -> None:
         threads = default_threads()
     except Exception as exc:  # noqa: BLE001 - a bad value is the user's: say so
         raise pytest.UsageError(str(exc)) from None
-    import torch
-
-    torch.set_num_threads(threads)
+    # PyTorch sizes its pool from this when a test first imports it (importing it
+    # here would cost every worker, and every nested pytest, a second or two)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

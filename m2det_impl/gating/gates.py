@@ -64,10 +64,15 @@ def throughput_gate(figure: Mapping[str, object], published: Mapping[str, object
     batch = int(figure["batch_size"])  # type: ignore[call-overload]
     label = f"batch {batch}, published table {published['name']!r} ({published['source']})"
     table = published["table"]
-    value = table.get(str(batch)) if isinstance(table, Mapping) else None
+    if not isinstance(table, Mapping):
+        return GateVerdict(EXIT_GATE_FAILED, f"gate FAILED: {label}: the published table is not a mapping of "
+                                             f"batch size to images/s (got {type(table).__name__})")
+    value = table.get(str(batch))
     if value is None:
+        keys = [str(k) for k in table]
+        listed = sorted((k for k in keys if k.isdigit()), key=int) + sorted(k for k in keys if not k.isdigit())
         return GateVerdict(EXIT_GATE_FAILED, f"gate FAILED: {label}: no published figure for batch {batch} "
-                                             f"(it has {', '.join(sorted(table, key=int)) or 'none'})")
+                                             f"(it has {', '.join(listed) or 'none'})")
     rate = figure.get("images_per_second")
     if rate is None:
         return GateVerdict(EXIT_GATE_FAILED, f"gate FAILED: {label}: the throughput was not measured "

@@ -99,6 +99,19 @@ def test_throughput_gate_lines_are_exact(changes, kwargs, code, line):
     assert (verdict.code, verdict.message) == (code, line)
 
 
+@pytest.mark.parametrize("table, says", [
+    (None, "the published table is not a mapping of batch size to images/s (got NoneType)"),
+    ([54.7, 60.9], "the published table is not a mapping of batch size to images/s (got list)"),
+    ({"16": 1.0, "x": 2.0, "4": 3.0}, "no published figure for batch 1 (it has 4, 16, x)"),
+])
+def test_throughput_gate_fails_a_malformed_table_with_a_message(table, says):
+    """A published table read from a hand-edited file: a verdict naming the problem, never a TypeError."""
+    verdict = throughput_gate({"batch_size": 1, "images_per_second": 60.0, "runtime_timed": True},
+                              {"name": "n", "source": "s", "table": table}, 0.1)
+    assert (verdict.code, verdict.message) == (EXIT_GATE_FAILED,
+                                               f"gate FAILED: batch 1, published table 'n' (s): {says}")
+
+
 def test_throughput_gate_names_unknown_clocks_and_empty_tables():
     verdict = throughput_gate({"batch_size": 1, "images_per_second": None}, {"name": "n", "source": "s", "table": {}}, 0.1)
     assert (verdict.code, verdict.message) == (

@@ -211,8 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     py = sys.executable
     m2det = [py, "-m", "m2det_impl.cli"]
     if not args.skip_suite:
-        steps.run("suite", [py, "-m", "pytest", "-m", "cpu", "-n", args.workers, "--dist", "loadfile",
-                            "-p", "no:cacheprovider",
+        steps.run("suite", [py, "-m", "pytest", "-m", "cpu", "-n", args.workers, "-p", "no:cacheprovider",
                             "--save-outputs", out / "saved-runs", "--junitxml", out / "junit.xml",
                             *weights, *args.pytest_args])
     run_dirs = []

@@ -23,8 +23,25 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """bin/ folder of a fresh venv holding only the wheel of this checkout."""
-    root = tmp_path_factory.mktemp("wheel")
+    """bin/ folder of a fresh venv holding only the wheel of this checkout,
+    built once per test run: pytest-xdist workers share one (``pip wheel``
+    builds in the source tree's build/, which two workers at once would spoil)."""
+    import fcntl
+
+    run_root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_root = run_root.parent  # this run's folder, above the workers' own
+    root = run_root / "wheel-venv"
+    with open(run_root / "wheel-venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "complete").exists():
+            _build_and_install(root)
+            (root / "complete").write_text("")
+    return root / "venv" / "bin"
+
+
+def _build_and_install(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(root / "dist")], check=True, capture_output=True, timeout=600)
     wheel = next((root / "dist").glob("m2det_conformance-*.whl"))
@@ -39,7 +56,6 @@ def installed(tmp_path_factory) -> Path:
     # third-party packages only: a plain path entry does not run this environment's .pth files,
     # so the checkout's editable install stays invisible
     (site / "zz_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    return venv / "bin"
 
 
 def _run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:

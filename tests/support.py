@@ -129,3 +129,34 @@ def forecast_drift(run, reference, forecast, sizes, cfg, ids) -> Dict[str, dict]
         figures[label] = {"outputs": worst_per_output(compare_runs(a, b, ids)),
                           "agreement": min(d.fraction for d in agreements)}
     return figures
+
+
+def record_forecast_drift(figures: Dict[str, dict], prefix: str, record_property) -> str:
+    """Record :func:`forecast_drift`'s three drifts as junit properties
+    ``<prefix>_<label>_<output>_{rel_l2,cosine}`` and ``<prefix>_<label>_agreement``;
+    returns the one-line summary the npu and gpu layers print."""
+    for label in ("actual", "predicted", "forecast_error"):
+        for output, w in figures[label]["outputs"].items():
+            record_property(f"{prefix}_{label}_{output}_rel_l2", w["rel_l2"])
+            record_property(f"{prefix}_{label}_{output}_cosine", w["cosine"])
+        record_property(f"{prefix}_{label}_agreement", figures[label]["agreement"])
+    return "; ".join(
+        f"{output} rel_l2 actual {figures['actual']['outputs'][output]['rel_l2']:.3g}, predicted "
+        f"{figures['predicted']['outputs'][output]['rel_l2']:.3g}, forecast error "
+        f"{figures['forecast_error']['outputs'][output]['rel_l2']:.3g}" for output in ("scores", "loc")
+    ) + (f"; agreement actual {figures['actual']['agreement']:.4f}, predicted "
+         f"{figures['predicted']['agreement']:.4f}")
+
+
+def forecast_misses(figures: Dict[str, dict]) -> List[Tuple[str, float, float]]:
+    """``(output, forecast error, actual drift)`` for each output where the
+    forecast is not closer to the device than float32 is. A NaN (an fp16
+    overflow) counts as a miss: an unmeasurable drift never passes."""
+    misses = []
+    for output in ("scores", "loc"):
+        error = figures["forecast_error"]["outputs"][output]["rel_l2"]
+        actual = figures["actual"]["outputs"][output]["rel_l2"]
+        if not error <= actual:
+            misses.append((output, error, actual))
+    return misses
+

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from support import forecast_drift
+from support import forecast_drift, forecast_misses, record_forecast_drift
 
 from m2det_impl.evaluation.agreement import detection_agreement
 from m2det_impl.evaluation.metrics import compare_runs
@@ -180,27 +180,16 @@ def test_tensorrt_against_the_fp16_forecast(request, image_set, tensorrt_session
                         lambda: tensorrt_session.infer(images.batch, max_batch=REFERENCE_CHUNK))
     figures = {"backend": "tensorrt", "images": images.name, "weights": reference_tag, "precision_mode": mode}
     figures.update(forecast_drift(run, reference, forecast, images.sizes, cfg512, images.ids))
-    for label in ("actual", "predicted", "forecast_error"):
-        for output, w in figures[label]["outputs"].items():
-            record_property(f"tensorrt_{images.name}_{label}_{output}_rel_l2", w["rel_l2"])
-            record_property(f"tensorrt_{images.name}_{label}_{output}_cosine", w["cosine"])
-        record_property(f"tensorrt_{images.name}_{label}_agreement", figures[label]["agreement"])
-    print(f"\ntensorrt on {images.name} ({mode}): " + "; ".join(
-        f"{output} rel_l2 actual {figures['actual']['outputs'][output]['rel_l2']:.3g}, predicted "
-        f"{figures['predicted']['outputs'][output]['rel_l2']:.3g}, forecast error "
-        f"{figures['forecast_error']['outputs'][output]['rel_l2']:.3g}" for output in ("scores", "loc"))
-        + f"; agreement actual {figures['actual']['agreement']:.4f}, predicted {figures['predicted']['agreement']:.4f}")
+    summary = record_forecast_drift(figures, f"tensorrt_{images.name}", record_property)
+    print(f"\ntensorrt on {images.name} ({mode}): {summary}")
     if run_store.save_dir is not None:
         run_store.save_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_store.save_dir / f"fp16-forecast-accuracy__tensorrt__{images.name}__{reference_tag}.json",
                           figures, indent=1)
     failures = []
-    for output in ("scores", "loc"):
-        error = figures["forecast_error"]["outputs"][output]["rel_l2"]
-        actual = figures["actual"]["outputs"][output]["rel_l2"]
-        if not error <= actual:  # NaN fails too
-            failures.append(f"tensorrt, {images.name}, {output}: the forecast ({mode}) is further from the fp16 "
-                            f"engine (rel_l2 {error:.3g}) than float32 is ({actual:.3g}): the emulation misses what "
-                            "TensorRT does (layers it keeps in float32? try M2DET_TRT_PRECISION_MODE="
-                            "allow_mix_precision; fp16 accumulation in its kernels?)")
+    for output, error, actual in forecast_misses(figures):  # NaN is a miss too
+        failures.append(f"tensorrt, {images.name}, {output}: the forecast ({mode}) is further from the fp16 "
+                        f"engine (rel_l2 {error:.3g}) than float32 is ({actual:.3g}): the emulation misses what "
+                        "TensorRT does (layers it keeps in float32? try M2DET_TRT_PRECISION_MODE="
+                        "allow_mix_precision; fp16 accumulation in its kernels?)")
     assert not failures, "\n".join(failures)

@@ -343,3 +343,29 @@ def test_compare_cli_on_run_folders_reports_agreement_and_ap_change(tmp_path, ca
     report = (tmp_path / "r" / "report.md").read_text()
     assert "# Precision variants" in report and "## int8 against fp32 (2 images)" in report
     assert json.loads((tmp_path / "r" / "report.json").read_text())["variants"][0]["ap"]["change"] < 0
+
+
+def test_the_hardware_layers_forecast_helpers_record_and_judge():
+    """tests/support's record_forecast_drift and forecast_misses, which the npu
+    and gpu layers use to hold real fp16 drift against the forecast (they skip
+    here): the properties and line they write, and what counts as a miss."""
+    from support import forecast_misses, record_forecast_drift
+
+    def drift(scores, loc, agreement):
+        return {"outputs": {"scores": {"rel_l2": scores, "cosine": 0.5}, "loc": {"rel_l2": loc, "cosine": 0.25}},
+                "agreement": agreement}
+
+    figures = {"actual": drift(0.004, 0.002, 0.9), "predicted": drift(0.003, 0.001, 0.95),
+               "forecast_error": drift(0.001, 0.0005, 0.99)}
+    recorded = []
+    line = record_forecast_drift(figures, "om_golden", lambda name, value: recorded.append((name, value)))
+    assert len(recorded) == 15 and ("om_golden_actual_scores_rel_l2", 0.004) in recorded
+    assert ("om_golden_forecast_error_loc_cosine", 0.25) in recorded and ("om_golden_predicted_agreement", 0.95) in recorded
+    assert line == ("scores rel_l2 actual 0.004, predicted 0.003, forecast error 0.001; loc rel_l2 actual 0.002, "
+                    "predicted 0.001, forecast error 0.0005; agreement actual 0.9000, predicted 0.9500")
+    assert forecast_misses(figures) == []
+    figures["forecast_error"] = drift(0.004, float("nan"), 0.5)  # as far as float32 passes; an overflow does not
+    misses = forecast_misses(figures)
+    assert [m[0] for m in misses] == ["loc"] and misses[0][2] == 0.002
+    figures["forecast_error"] = drift(0.0041, 0.001, 0.5)
+    assert [m[0] for m in forecast_misses(figures)] == ["scores"]

@@ -233,12 +233,17 @@ class _Worker:
         self.outstanding: Deque[tuple] = deque()  # tasks sent, not answered, in order
 
     def close(self) -> None:
-        for close in (self.conn.close, lambda: os.close(self.notice_fd) if self.notice_fd >= 0 else None):
+        """Close its pipe and, for a post worker, the write end of its notice pipe."""
+        try:
+            self.conn.close()
+        except OSError:  # pragma: no cover
+            pass
+        if self.notice_fd >= 0:
             try:
-                close()
+                os.close(self.notice_fd)
             except OSError:  # pragma: no cover
                 pass
-        self.notice_fd = -1
+            self.notice_fd = -1
 
 
 class _Ring:

@@ -218,7 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for backend, batch in args.runs:
         folder = out / "runs" / f"{backend}-bs{batch}"
         if steps.run(f"run-{backend}-bs{batch}", [*m2det, "run", "--backend", backend, "--batch-size", batch,
-                                                  "--limit", args.images, "--out", folder, "--no-report", "--quiet",
+                                                  "--limit", args.images, "--output", folder, "--no-report", "--quiet",
                                                   *data, *weights]) == 0:
             run_dirs.append(folder)
     perfect = out / "perfect-outputs"
@@ -232,7 +232,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    args.bench_batch_sizes, "--repeats", args.repeats, "--limit", args.images,
                                    "--host-images", args.host_images, "--output", bench_dir, "--quiet",
                                    *data, *weights]) == 0
-    collect = [*m2det, "collect", "--annotations", annotations, "--out", out / "results.json"]
+    collect = [*m2det, "collect", "--annotations", annotations, "--output", out / "results.json"]
     for folder in run_dirs:
         collect += ["--run", folder]
     if codes_ok(steps, "evaluate-perfect-outputs"):
@@ -246,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     no_baseline = False
     if steps.run("collect", collect) == 0:
         if baseline.is_file():
-            regress = [*m2det, "regress", "--baseline", baseline, "--current", out / "results.json", "--out", out]
+            regress = [*m2det, "regress", "--baseline", baseline, "--current", out / "results.json", "--output", out]
             regress += ["--allow-other-machine"] if args.allow_other_machine else []
             regress += ["--allow-other-workload"] if args.allow_other_workload else []
             steps.run("regress", regress)

@@ -163,7 +163,7 @@ def onnxruntime_reference(request, run_store, reference_weights) -> Callable[[Im
     def get(images: ImageSet) -> Dict[str, np.ndarray]:
         if images.name not in runs:
             def compute() -> Tuple[np.ndarray, np.ndarray]:
-                from m2det_impl.backends import OnnxRuntimeBackend
+                from m2det_impl.backends.ort import OnnxRuntimeBackend
 
                 record = request.getfixturevalue("reference_export")
                 with OnnxRuntimeBackend(record.path) as backend:
@@ -194,3 +194,13 @@ def fp16_forecast(request, run_store, reference_tag, cfg512) -> Callable[[ImageS
         return run_store.get(f"fp16forecast-{mode}", images, reference_tag, compute, loadable=True)
 
     return get
+
+
+@pytest.fixture
+def console():
+    """The library's log records on the console as ``m2det`` shows them (results on stdout, the rest on
+    stderr), for tests of library calls that read what a user would see through ``capsys``."""
+    from m2det_impl.cli.app import _console_logging
+
+    with _console_logging(verbose=False):
+        yield

@@ -94,7 +94,7 @@ def fake_backend_factory(cfg):
             scores[:, :, 0] = 1.0
             return scores, np.zeros((n, cfg.num_priors, 4), np.float32)
 
-    def create(self, cfg_, log=None):
+    def create(self, cfg_):
         return AllBackground()
 
     return create

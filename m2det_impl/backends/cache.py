@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 from m2det_impl._io import PathLike, atomic_write_json
+from m2det_impl.logs import get_logger
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.network.model import load_model, weights_tag
 
@@ -35,6 +36,8 @@ __all__ = [
     "cached_export",
     "cached_onnx",
 ]
+
+logger = get_logger(__name__)
 
 PRUNE_AFTER_S = 14 * 24 * 3600  # cache entries unused this long are removed
 ENTRY_FILE = "entry.json"  # an entry's description; its presence marks the entry complete
@@ -88,8 +91,7 @@ def key_of(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def cached_file(kind: str, parts: Mapping[str, Any], filename: str, build: Callable[[Path], Mapping[str, Any]],
-                log: Optional[Callable[[str], None]] = None, announce: str = "") -> CachedFile:
+def cached_file(kind: str, parts: Mapping[str, Any], filename: str, build: Callable[[Path], Mapping[str, Any]], announce: str = "") -> CachedFile:
     """The file ``filename`` of the cache entry for ``parts`` under ``kind``
     (``onnx``, ``int8``), built by ``build(path)`` at most once across processes.
 
@@ -106,8 +108,8 @@ def cached_file(kind: str, parts: Mapping[str, Any], filename: str, build: Calla
             info = json.loads(meta.read_text())
             os.utime(meta)  # last use, for pruning
             return CachedFile(path, float(info["seconds"]), path.stat().st_size, True, info)
-        if log is not None and announce:
-            log(announce.format(folder=folder))
+        if announce:
+            logger.info(announce.format(folder=folder))
         start = time.perf_counter()
         extra = dict(build(path) or {})
         seconds = time.perf_counter() - start
@@ -162,8 +164,7 @@ def prune(root: Path, keep: Path) -> None:
 
 
 def cached_export(cfg: M2DetConfig, weights: Optional[PathLike] = None, batch: Optional[int] = None,
-                  opset: int = 11, salt: int = 0, model_factory: Optional[Callable[[], object]] = None,
-                  log: Optional[Callable[[str], None]] = None) -> CachedFile:
+                  opset: int = 11, salt: int = 0, model_factory: Optional[Callable[[], object]] = None) -> CachedFile:
     """The ONNX export for these settings, made at most once across processes.
 
     ``model_factory`` supplies the model when an export is needed (default:
@@ -178,16 +179,16 @@ def cached_export(cfg: M2DetConfig, weights: Optional[PathLike] = None, batch: O
         export_onnx(model, path, cfg, batch=batch, opset=opset)
         return {}
 
-    record = cached_file("onnx", parts, f"m2det{cfg.size}_{parts['batch']}.onnx", build, log=log,
+    record = cached_file("onnx", parts, f"m2det{cfg.size}_{parts['batch']}.onnx", build,
                          announce="exporting ONNX once into {folder} (about 15 s and 530 MB; cached for later runs)")
-    if log is not None and not record.reused:
-        log(f"exported in {record.seconds:.1f} s: {record.path}")
+    if not record.reused:
+        logger.info(f"exported in {record.seconds:.1f} s: {record.path}")
     return record
 
 
 def cached_onnx(cfg: M2DetConfig, weights: Optional[PathLike] = None, batch: Optional[int] = None,
-                opset: int = 11, salt: int = 0, log: Optional[Callable[[str], None]] = None) -> Path:
+                opset: int = 11, salt: int = 0) -> Path:
     """Path of the cached ONNX export for these settings (see :func:`cached_export`)."""
-    return cached_export(cfg, weights, batch, opset, salt, log=log).path
+    return cached_export(cfg, weights, batch, opset, salt).path
 
 

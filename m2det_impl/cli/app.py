@@ -7,17 +7,17 @@ Argument parsing and printing only: every command is one library call
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
-from typing import NoReturn, Optional, Sequence
+from contextlib import contextmanager
+from typing import Iterator, NoReturn, Optional, Sequence
 
 from m2det_impl import __version__
 from m2det_impl.cli.commands import COMMANDS, MODULES
-from m2det_impl.cli.common import (
-    log,
-)
 from m2det_impl.errors import M2DetError
 from m2det_impl.exit_codes import EXIT_BAD_INPUT, EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED
+from m2det_impl.logs import RESULT, ROOT
 
 __all__ = ["build_parser", "main"]
 
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXIT_EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        p.add_argument("--verbose", "-v", action="store_true", help="debug messages too")
         p.set_defaults(func=COMMANDS[name])
         return p
 
@@ -59,7 +60,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # `m2det` alone: the main job on the embedded default.
         args = parser.parse_args(["run", *argv])
     try:
-        return int(args.func(args) or 0)
+        with _console_logging(verbose=getattr(args, "verbose", False)):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         log("\nm2det: interrupted; partial results are kept, run the same command again to resume")
         return EXIT_INTERRUPTED
@@ -74,6 +76,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log(f"m2det {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} "
             "(a bug; rerun with M2DET_DEBUG=1 for the traceback)")
         return EXIT_INTERNAL
+
+
+def log(message: str) -> None:
+    """A line on stderr from the command line itself (interruptions, errors)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+class _ConsoleHandler(logging.Handler):
+    """The library's log records on the console: results (:data:`RESULT`) on stdout,
+    everything else on stderr, the message alone. The streams are looked up at
+    each record, so a caller that swaps ``sys.stdout`` (pytest's capsys) sees them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stdout if record.levelno == RESULT else sys.stderr
+            print(self.format(record), file=stream, flush=True)
+        except Exception:  # noqa: BLE001 - logging's own contract: a handler never raises
+            self.handleError(record)
+
+
+@contextmanager
+def _console_logging(verbose: bool) -> Iterator[None]:
+    """The package logger shows on the console for one command (INFO and up;
+    ``--verbose``: DEBUG too), then is
+    left as it was, so in-process callers (tests, notebooks) never pile up handlers."""
+    handler = _ConsoleHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logging.DEBUG if verbose else logging.INFO
+    previous_level, previous_propagate = ROOT.level, ROOT.propagate
+    ROOT.addHandler(handler)
+    ROOT.setLevel(level)
+    ROOT.propagate = False  # the console handler shows it; a root handler the caller set up would repeat it
+    try:
+        yield
+    finally:
+        ROOT.removeHandler(handler)
+        ROOT.setLevel(previous_level)
+        ROOT.propagate = previous_propagate
 
 
 def _one_line(exc: BaseException) -> str:

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import List
 
-from m2det_impl.backends.registry import backend_names
+from m2det_impl.backends.registry import DEFAULT_RUNTIME, runtime_names, runtimes
 
-__all__ = ["log", "echo", "positive_int", "int_list", "add_dataset_options", "dataset_from", "add_model_options",
+__all__ = ["echo", "add_output_option", "positive_int", "int_list", "add_dataset_options", "dataset_from", "add_model_options",
            "add_calibration_options", "add_host_option", "model_from", "config_from", "DEFAULT_CALIBRATION_IMAGES"]
 
 DEFAULT_CALIBRATION_IMAGES = 16  # precision.int8.DEFAULT_CALIBRATION_IMAGES (a test holds the two equal)
 
 
-def log(message: str) -> None:
-    """A line on stderr (progress, warnings, failures)."""
-    print(message, file=sys.stderr, flush=True)
-
-
 def echo(message: str) -> None:
-    """A line of results on stdout."""
+    """A line of results on stdout, from the command itself (the library's lines come through logging)."""
     print(message, flush=True)
+
+
+def add_output_option(p, help_text: str, default=None, required: bool = False, old_names=()) -> None:
+    """``--output``, the one spelling of "where this command writes", and the spellings
+    older scripts used (``old_names``, e.g. ``--out``) as hidden aliases of it."""
+    p.add_argument("--output", default=default, required=required, help=help_text)
+    for name in old_names:
+        p.add_argument(name, dest="output", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def positive_int(text: str) -> int:
@@ -83,13 +85,13 @@ def add_model_options(p: argparse.ArgumentParser, backends: bool = True, batch: 
                                     "literals only, never run")
     g.add_argument("--weights", help="trained checkpoint (m2det512_vgg.pth); default: golden weights, AP meaningless")
     if backends:
-        g.add_argument("--backend", choices=backend_names(), default="onnxruntime",
-                       help="runtime (default onnxruntime); onnxruntime-int8: the static int8 (QDQ) model, "
-                            "quantized once and cached (--calib); onnxruntime-cuda: float32 on an NVIDIA GPU "
-                            "(TF32 off); tensorrt: TensorRT fp16 through onnxruntime-gpu, engines cached")
+        g.add_argument("--backend", choices=runtime_names(), default=DEFAULT_RUNTIME,
+                       help=f"runtime (default {DEFAULT_RUNTIME}): " + "; ".join(
+                           f"{name}: {entry.description}" for name, entry in runtimes().items()))
         g.add_argument("--onnx", help="ONNX model to run (default: a cached export of --weights)")
         add_calibration_options(g)
-        g.add_argument("--om", help=".om model for --backend om")
+        g.add_argument("--om", help=".om model, for --backend " + ", ".join(
+            name for name, entry in runtimes().items() if "om" in entry.model_files))
         g.add_argument("--device-id", type=int, default=0, help="NPU or GPU device id (default 0)")
         g.add_argument("--threads", type=int, help="intra-op threads for onnxruntime/torch (default: $M2DET_THREADS, else all cores)")
         g.add_argument("--sim-ms-per-image", type=non_negative_float, default=15.0,
@@ -110,9 +112,9 @@ def add_calibration_options(g) -> None:
 
 
 def model_from(args, backend: str = ""):
-    from m2det_impl.workflows.models import ModelSpec
+    from m2det_impl.backends.spec import ModelSpec
 
-    return ModelSpec(backend=backend or getattr(args, "backend", "onnxruntime"), weights=args.weights,
+    return ModelSpec(backend=backend or getattr(args, "backend", DEFAULT_RUNTIME), weights=args.weights,
                      onnx=getattr(args, "onnx", None), om=getattr(args, "om", None),
                      device_id=getattr(args, "device_id", 0), threads=getattr(args, "threads", None),
                      calib=getattr(args, "calib", None), calib_images=getattr(args, "calib_images", None),
@@ -122,4 +124,4 @@ def model_from(args, backend: str = ""):
 def config_from(args):
     from m2det_impl.network.config_file import resolve_config
 
-    return resolve_config(getattr(args, "size", None), getattr(args, "config", None), log=log)
+    return resolve_config(getattr(args, "size", None), getattr(args, "config", None))

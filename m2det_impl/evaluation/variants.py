@@ -20,7 +20,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from m2det_impl._io import PathLike
 from m2det_impl.errors import InputFileError, UsageError
 from m2det_impl.evaluation.agreement import DetectionAgreement, agreement_totals, match_detections
 from m2det_impl.evaluation.metrics import OutputMetrics, compare_runs, worst_per_output
+from m2det_impl.logs import get_logger
 
 __all__ = [
     "STRICT",
@@ -41,6 +42,8 @@ __all__ = [
     "section_markdown",
     "write_comparison",
 ]
+
+logger = get_logger(__name__)
 
 STRICT = {"iou": 0.99, "score_tol": 1e-3}  # the tolerance layer's match
 OBJECT_LEVEL = {"iou": 0.5, "score_tol": 0.05}  # the same objects, scores close
@@ -323,7 +326,7 @@ def section_markdown(data: Mapping[str, object]) -> str:
     raise UsageError(f"not a comparison written by m2det compare (kind {kind!r})")
 
 
-def write_comparison(out: PathLike, data: Mapping[str, object], log: Optional[Callable[[str], None]] = None
+def write_comparison(out: PathLike, data: Mapping[str, object]
                      ) -> List[Path]:
     """``compare.json`` and ``compare.md`` in folder ``out``."""
     from m2det_impl._io import atomic_write_json, atomic_write_text
@@ -332,6 +335,5 @@ def write_comparison(out: PathLike, data: Mapping[str, object], log: Optional[Ca
     out.mkdir(parents=True, exist_ok=True)
     paths = [atomic_write_json(out / "compare.json", dict(data), indent=1),
              atomic_write_text(out / "compare.md", "# m2det compare\n\n" + section_markdown(data))]
-    if log is not None:
-        log("-> " + ", ".join(str(p) for p in paths))
+    logger.info("-> " + ", ".join(str(p) for p in paths))
     return paths

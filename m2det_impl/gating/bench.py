@@ -53,8 +53,8 @@ def _timed_repeats(fn: Callable[[], object], warmup: int, repeats: int) -> List[
 def reference_postprocess_cases() -> List[tuple]:
     """(scores [P, C], loc [P, 4]) of the reference's post-processing cases
     (package data): raw outputs shaped like a trained M2Det512's, for host-side
-    timing (:func:`m2det_impl.backends.simulated.reference_outputs`)."""
-    from m2det_impl.backends.simulated import reference_outputs
+    timing (:func:`m2det_impl.pipeline.reference_cases.reference_outputs`)."""
+    from m2det_impl.pipeline.reference_cases import reference_outputs
 
     return reference_outputs()
 

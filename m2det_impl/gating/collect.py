@@ -34,6 +34,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from m2det_impl._io import PathLike, read_json_object
+from m2det_impl.backends.registry import DEFAULT_RUNTIME, runtimes
 from m2det_impl.errors import InputFileError, UsageError
 from m2det_impl.gating.machine import machine_identity, platform_name
 from m2det_impl.gating.regress import RESULTS_FORMAT
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 GOLDEN_WEIGHTS_TAG = "golden0"  # the weights of fixtures/golden (salt 0)
-REFERENCE_BACKEND = "onnxruntime"
+REFERENCE_BACKEND = DEFAULT_RUNTIME
 _STATISTICS = ("max_abs", "mean_abs", "peak_rel", "rel_l2", "cosine_distance", "nonfinite")
 
 
@@ -284,7 +285,9 @@ def collect_results(runs: Sequence[PathLike] = (), bench: Sequence[PathLike] = (
         for name, value in tolerance_figures(saved_runs, detections, golden_forward).items():
             figures.add("tolerance", name, value, str(saved_runs))
     backends = {name.split("/")[0] for kind in ("ap", "throughput") for name in figures.values.get(kind, {})}
-    workload["precision"] = precision or ("fp16" if "om" in backends else "fp32")
+    known = runtimes()
+    fp16 = any(known[b].precision == "fp16" for b in backends if b in known)
+    workload["precision"] = precision or ("fp16" if fp16 else "fp32")
     if annotations is not None:
         workload["dataset"] = dataset_identity(annotations)
     versions = library_versions()

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from m2det_impl.errors import InputFileError, M2DetError
 from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_NOT_GATED, EXIT_OK
 from m2det_impl.gating.machine import MACHINE_KEYS
 from m2det_impl.gating.regress_report import _fmt, announce, write_report
+from m2det_impl.logs import RESULT, get_logger
 from m2det_impl.resources import BASELINES_DIR
 
 __all__ = [
@@ -60,6 +60,8 @@ __all__ = [
     "updated_baseline",
     "run_regress",
 ]
+
+logger = get_logger(__name__)
 
 BASELINE_FORMAT = "m2det-baseline/1"
 RESULTS_FORMAT = "m2det-results/1"
@@ -383,28 +385,26 @@ def updated_baseline(previous: Optional[Mapping], current: Mapping, current_path
 
 # ------------------------------------------------------------------ command
 def run_regress(baseline_path: PathLike, current_path: PathLike, out: Optional[PathLike] = None, *,
-                allow_other_machine: bool = False, allow_other_workload: bool = False, update: bool = False,
-                log=None) -> int:
+                allow_other_machine: bool = False, allow_other_workload: bool = False, update: bool = False) -> int:
     """``m2det regress``: compare, print the table, write JSON and markdown, gate.
 
     With ``update`` the baseline is then rewritten from the current results
     (created if absent) and the exit code is 0: the update is the decision.
     """
-    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     baseline_path, current_path = Path(baseline_path), Path(current_path)
     current = load_results(current_path)
     if update and not baseline_path.exists():
         baseline = None
-        log(f"{baseline_path}: no baseline yet; --update creates it from {current_path}")
+        logger.info(f"{baseline_path}: no baseline yet; --update creates it from {current_path}")
     else:
         baseline = load_baseline(baseline_path)
     if baseline is not None:
         cmp = compare(baseline, current, baseline_path=str(baseline_path), current_path=str(current_path),
                       allow_other_machine=allow_other_machine, allow_other_workload=allow_other_workload)
-        announce(cmp, log)
+        announce(cmp)
         folder = Path(out) if out is not None else current_path.parent
         json_path, md_path = write_report(cmp, folder)
-        print(f"regress: {cmp.status} -> {json_path}, {md_path}")
+        logger.log(RESULT, f"regress: {cmp.status} -> {json_path}, {md_path}")
         code = cmp.exit_code
     else:
         code = EXIT_OK
@@ -417,11 +417,11 @@ def run_regress(baseline_path: PathLike, current_path: PathLike, out: Optional[P
         except OSError as exc:
             raise M2DetError(f"{baseline_path}: could not write the updated baseline ({exc.strerror or exc}); "
                              "the previous file is unchanged") from None
-        print(f"baseline UPDATED (deliberately, --update): {baseline_path} now holds "
+        logger.log(RESULT, f"baseline UPDATED (deliberately, --update): {baseline_path} now holds "
               f"{sum(len(v) for v in data['figures'].values())} figures of {current_path}")
         if baseline is not None:
             dropped = [f"{r.kind}/{r.name}" for r in cmp.rows if r.verdict == "MISSING"]
             if dropped:
-                print("dropped from the baseline (not in the current results): " + ", ".join(dropped))
+                logger.log(RESULT, "dropped from the baseline (not in the current results): " + ", ".join(dropped))
         return EXIT_OK
     return code

@@ -9,17 +9,19 @@ Presentation only: every verdict, allowance and message is decided in
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from m2det_impl._io import PathLike, atomic_write_json, atomic_write_text
+from m2det_impl.logs import RESULT, get_logger
 
 if TYPE_CHECKING:  # regress imports this module; the types are for annotations only
     from m2det_impl.gating.regress import Comparison, Row
 
 __all__ = ["HEADERS", "text_table", "markdown_report", "report_json", "write_report", "announce"]
+
+logger = get_logger(__name__)
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -120,27 +122,26 @@ def write_report(cmp: Comparison, folder: PathLike) -> Tuple[Path, Path]:
             atomic_write_text(folder / "regress.md", markdown_report(cmp)))
 
 
-def announce(cmp: Comparison, log=None) -> None:
-    """``m2det regress``'s console output: the mismatch banner on ``log`` (stderr),
-    then the notes, the table, the failing rows and environment changes on stdout."""
-    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+def announce(cmp: Comparison) -> None:
+    """``m2det regress``'s console output, logged: the mismatch banner as warnings,
+    then the notes, the table, the failing rows and environment changes as results."""
     if cmp.mismatches:
         bar = "!" * 78
-        log(bar)
-        log("!!! WARNING: the current results come from another " +
+        logger.warning(bar)
+        logger.warning("!!! WARNING: the current results come from another " +
             " and ".join(sorted({m.section for m in cmp.mismatches})) + " than the baseline")
         for line in _banner(cmp):
-            log("!!!   " + line)
-        log("!!! " + ("NOTHING IS GATED: figures from different machines or workloads are not comparable. "
+            logger.warning("!!!   " + line)
+        logger.warning("!!! " + ("NOTHING IS GATED: figures from different machines or workloads are not comparable. "
                       "Pass --allow-other-machine / --allow-other-workload to gate anyway."
                       if not cmp.gated else "gating anyway, as asked"))
-        log(bar)
+        logger.warning(bar)
     for note in cmp.notes:
-        print(f"note: {note}")
-    print(text_table(cmp))
+        logger.log(RESULT, f"note: {note}")
+    logger.log(RESULT, text_table(cmp))
     for row in cmp.rows if cmp.gated else ():
         if row.failed:
-            print("  " + row.message)
+            logger.log(RESULT, "  " + row.message)
     if cmp.environment_changes:
-        print("environment changes since the baseline (not gating): "
+        logger.log(RESULT, "environment changes since the baseline (not gating): "
               + ", ".join(f"{k} {a} -> {b}" for k, a, b in cmp.environment_changes))

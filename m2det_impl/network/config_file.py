@@ -24,10 +24,11 @@ import ast
 import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from m2det_impl._io import PathLike
 from m2det_impl.errors import InputFileError, UsageError
+from m2det_impl.logs import get_logger
 from m2det_impl.network.config import SUPPORTED_SIZES, AnchorConfig, M2DetConfig, NetworkConfig, TestConfig, get_config
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "load_config_file",
     "MAX_CONFIG_BYTES",
 ]
+
+logger = get_logger(__name__)
 
 #: The reference's config files are about 2 KB; anything this large is not one.
 MAX_CONFIG_BYTES = 1 << 20
@@ -461,8 +464,7 @@ def load_config_file(path: PathLike) -> ConfigFile:
                       sections={k: v for k, v in values.items() if k in _SECTIONS})
 
 
-def resolve_config(size: Optional[int] = None, config_file: Optional[PathLike] = None,
-                   log: Optional[Callable[[str], None]] = None) -> M2DetConfig:
+def resolve_config(size: Optional[int] = None, config_file: Optional[PathLike] = None) -> M2DetConfig:
     """The config a job runs with: the original repository's config file when
     given (its departures from the preset are logged), else the preset of
     ``size`` (default 512). A size that contradicts the file is refused."""
@@ -472,6 +474,5 @@ def resolve_config(size: Optional[int] = None, config_file: Optional[PathLike] =
     if size is not None and size != read.config.size:
         raise UsageError(f"--size {size} contradicts {config_file} (model.input_size {read.config.size})")
     for line in read.differences:
-        if log is not None:
-            log(f"config {config_file}: {line}")
+        logger.info(f"config {config_file}: {line}")
     return read.config

@@ -22,46 +22,30 @@ The TorchScript exporter (``dynamo=False``) is used because it honours opset
 from __future__ import annotations
 
 import inspect
-import json
 import os
-import shlex
 import warnings
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from m2det_impl._io import PathLike, atomic_write_text
+from m2det_impl._io import PathLike
 from m2det_impl.errors import InputFileError, ModelOutputError, UsageError
 from m2det_impl.network.config import M2DetConfig
-from m2det_impl.published import GUIDE_BATCH_SIZES
-from m2det_impl.resources import ATC_OPS_FILE
 
 __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAMES",
-    "DEFAULT_ATC_OPS_FILE",
-    "AtcSupport",
-    "CensusReport",
     "export_onnx",
     "fold_static_shapes",
     "check_output_contract",
-    "op_census",
-    "load_atc_support",
-    "atc_census",
-    "atc_argv",
-    "atc_command",
-    "write_atc_script",
+    "load_graph",
 ]
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("scores", "loc")
-#: The ONNX ops CANN's atc takes at opset 11 (package data).
-DEFAULT_ATC_OPS_FILE = ATC_OPS_FILE
 
 
 # Ops whose constant inputs give a constant output; all integer bookkeeping.
@@ -290,7 +274,7 @@ def check_output_contract(
     """Raise :class:`ModelOutputError` unless the graph is ``image`` [B,3,S,S]
     float32 -> ``scores`` [B,P,C], ``loc`` [B,P,4] float32, in that order, with
     B static (``batch`` an int) or symbolic (``batch=None``)."""
-    proto, where = _load_graph(model, source)
+    proto, where = load_graph(model, source)
     g = proto.graph
     init_names = {t.name for t in g.initializer}
     inputs = [i for i in g.input if i.name not in init_names]
@@ -321,7 +305,7 @@ def check_output_contract(
         raise ModelOutputError(f"{where}: {'; '.join(problems)}; {expect}")
 
 
-def _load_graph(model: Union[onnx.ModelProto, PathLike], source: Optional[PathLike]):
+def load_graph(model: Union[onnx.ModelProto, PathLike], source: Optional[PathLike]):
     if isinstance(model, onnx.ModelProto):
         return model, str(source) if source is not None else "<in-memory ONNX model>"
     path = Path(model)
@@ -331,180 +315,3 @@ def _load_graph(model: Union[onnx.ModelProto, PathLike], source: Optional[PathLi
         return onnx.load(str(path), load_external_data=False), str(path)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several types
         raise InputFileError(path, f"not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-
-
-# ------------------------------------------------------------------ census
-def op_census(model: Union[onnx.ModelProto, PathLike]) -> Counter:
-    """How many nodes of each op type the graph holds (``domain::Op`` outside
-    the default domain)."""
-    proto, _ = _load_graph(model, None)
-    return Counter(
-        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in proto.graph.node
-    )
-
-
-@dataclass(frozen=True)
-class AtcSupport:
-    """The ONNX ops ``atc`` documents for one opset, read from the package data (``data/``)."""
-
-    opset: int
-    ops: frozenset
-    source: str
-    path: Path
-
-
-@dataclass
-class CensusReport:
-    """Result of :func:`atc_census`: the op counts and anything ``atc`` would refuse."""
-
-    counts: Counter
-    opset: int
-    unsupported: Dict[str, int] = field(default_factory=dict)
-    violations: List[str] = field(default_factory=list)
-    notes: List[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.unsupported and not self.violations
-
-    def summary(self) -> str:
-        ops = ", ".join(f"{op} x{n}" for op, n in sorted(self.counts.items()))
-        lines = [f"opset {self.opset}: {sum(self.counts.values())} nodes: {ops}"]
-        if self.unsupported:
-            lines.append("not in atc's ONNX op list: " + ", ".join(f"{k} x{v}" for k, v in self.unsupported.items()))
-        lines += [f"violation: {v}" for v in self.violations]
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-
-def load_atc_support(path: PathLike = DEFAULT_ATC_OPS_FILE) -> AtcSupport:
-    """Read the list of ONNX ops ``atc`` supports (the package's ``data/atc_opset11_ops.json``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "atc op list not found (it ships inside the package as data/atc_opset11_ops.json: reinstall m2det-conformance)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return AtcSupport(int(data["opset"]), frozenset(data["ops"]), str(data["source"]), path)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputFileError(path, f"not an atc op list ({type(exc).__name__}: {exc})") from None
-
-
-def _model_opset(proto: onnx.ModelProto) -> int:
-    for entry in proto.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    return 0
-
-
-def atc_census(model: Union[onnx.ModelProto, PathLike], support: Optional[AtcSupport] = None) -> CensusReport:
-    """Check the graph against what ``atc`` documents for ONNX opset 11.
-
-    Fails (in the report) on an op outside the list, another opset, a ``Resize``
-    whose ``sizes``/``scales`` are not constant or whose mode is neither
-    nearest nor linear (CANN's documented constraints), and a non-default
-    domain. So an export that would fail on the 310P fails here first.
-    """
-    proto, where = _load_graph(model, None)
-    support = support or load_atc_support()
-    counts = op_census(proto)
-    report = CensusReport(counts=counts, opset=_model_opset(proto))
-    if report.opset != support.opset:
-        report.violations.append(f"{where}: opset {report.opset}, the op list is for opset {support.opset}")
-    report.unsupported = {op: n for op, n in sorted(counts.items()) if op not in support.ops}
-    constants = {t.name for t in proto.graph.initializer}
-    constants |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
-    for node in proto.graph.node:
-        if node.op_type != "Resize":
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        mode = attrs.get("mode", b"nearest")
-        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-        if mode not in ("nearest", "linear"):
-            report.violations.append(f"Resize {node.name}: mode {mode!r}; atc supports nearest and linear")
-        dynamic = [name for name in node.input[1:] if name and name not in constants]
-        if dynamic:
-            report.violations.append(
-                f"Resize {node.name}: inputs {dynamic} are computed, atc needs constant sizes/scales "
-                "(export with a static batch)"
-            )
-        nearest_mode = attrs.get("nearest_mode", b"round_prefer_floor")
-        nearest_mode = nearest_mode.decode() if isinstance(nearest_mode, bytes) else str(nearest_mode)
-        if mode == "nearest" and nearest_mode != "round_prefer_ceil":
-            note = (f"Resize nearest_mode {nearest_mode!r}: CANN 8 documents only round_prefer_ceil "
-                    "for nearest; if the .om disagrees with ONNX Runtime, suspect the Resize first")
-            if note not in report.notes:
-                report.notes.append(note)
-    return report
-
-
-# ------------------------------------------------------------------ atc
-def atc_argv(
-    onnx_path: PathLike,
-    batch: int,
-    soc_version: str = "Ascend310P3",
-    output: Optional[PathLike] = None,
-    size: int = 512,
-    log: str = "error",
-) -> List[str]:
-    """The ``atc`` arguments that build one static-batch ``.om`` (reference section 9).
-
-    ``output`` defaults to ``<onnx stem>_bs<batch>`` beside the ONNX file (the
-    stem alone when it already ends so; ``atc`` appends ``.om`` itself). No ``--out_nodes``: the ONNX outputs are
-    already ``scores, loc`` in that order.
-    """
-    if isinstance(batch, bool) or int(batch) != batch or batch < 1:
-        raise UsageError(f"atc builds static-batch models: batch must be a positive int, got {batch!r}")
-    onnx_path = Path(onnx_path)
-    if output is None:
-        suffix = f"_bs{int(batch)}"
-        stem = onnx_path.stem if onnx_path.stem.endswith(suffix) else onnx_path.stem + suffix
-        output = onnx_path.with_name(stem)
-    return [
-        "atc",
-        "--framework=5",
-        f"--model={onnx_path}",
-        "--input_format=NCHW",
-        f"--input_shape={INPUT_NAME}:{int(batch)},3,{int(size)},{int(size)}",
-        f"--output={output}",
-        f"--log={log}",
-        f"--soc_version={soc_version}",
-    ]
-
-
-def atc_command(
-    onnx_path: PathLike,
-    batch: int,
-    soc_version: str = "Ascend310P3",
-    output: Optional[PathLike] = None,
-    size: int = 512,
-) -> str:
-    """:func:`atc_argv` as one shell-quoted command line."""
-    return shlex.join(atc_argv(onnx_path, batch, soc_version, output, size))
-
-
-def write_atc_script(
-    path: PathLike,
-    onnx_paths: Union[PathLike, Mapping[int, PathLike]],
-    batches: Iterable[int] = GUIDE_BATCH_SIZES,
-    soc_version: str = "Ascend310P3",
-    size: int = 512,
-) -> Path:
-    """Write a bash script that builds one ``.om`` per batch size.
-
-    ``onnx_paths`` is one ONNX file for all batches or ``{batch: file}`` (the
-    static exports ``atc`` digests best).
-    """
-    lines = ["#!/usr/bin/env bash", "# Builds one static-batch .om per batch size (m2det_impl.network.export).",
-             "set -euo pipefail"]
-    for b in batches:
-        if isinstance(onnx_paths, Mapping):
-            if b not in onnx_paths:
-                raise UsageError(f"no ONNX file given for batch {b} (have {sorted(onnx_paths)})")
-            src = onnx_paths[b]
-        else:
-            src = onnx_paths
-        # absolute paths: the script must work from any folder, not only where export ran
-        lines.append(atc_command(Path(src).resolve(), b, soc_version, size=size))
-    out = atomic_write_text(path, "\n".join(lines) + "\n")
-    out.chmod(0o755)
-    return out

@@ -22,6 +22,7 @@ import numpy as np
 
 from m2det_impl._io import PathLike, atomic_write_json, is_int, read_json
 from m2det_impl.errors import InputFileError, UsageError
+from m2det_impl.logs import RESULT, get_logger
 
 if TYPE_CHECKING:  # imported where used: this module imports without pycocotools
     from pycocotools.coco import COCO
@@ -36,6 +37,8 @@ __all__ = [
     "load_results",
     "evaluate",
 ]
+
+logger = get_logger(__name__)
 
 
 #: The 12 numbers of ``COCOeval.summarize()`` for bounding boxes, in order.
@@ -279,7 +282,7 @@ def evaluate(
     image in the annotations, as pycocotools does). An empty result list is
     valid and scores 0 wherever there is ground truth. pycocotools' prints are
     captured into ``CocoSummary.text`` (the summary table); ``verbose=True``
-    also prints the table.
+    also logs the table as a result line.
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -305,7 +308,7 @@ def evaluate(
         evaluator.summarize()
     text = table.getvalue()
     if verbose:
-        print(text, end="")
+        logger.log(RESULT, text.rstrip("\n"))
     stats = tuple(float(v) for v in evaluator.stats)
     return CocoSummary(
         stats=stats,

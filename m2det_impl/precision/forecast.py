@@ -22,6 +22,7 @@ from m2det_impl._io import PathLike
 from m2det_impl.errors import InputFileError
 from m2det_impl.evaluation.agreement import DetectionAgreement, agreement_totals, detection_agreement
 from m2det_impl.evaluation.metrics import OutputMetrics, compare_runs, output_metrics, worst_per_output
+from m2det_impl.logs import get_logger
 from m2det_impl.precision.fp16 import (
     ASCEND_COSINE_MIN,
     ASCEND_REL_L2_MAX,
@@ -44,6 +45,8 @@ __all__ = [
     "forecast_fp16_stream",
     "keep_dtype_lines",
 ]
+
+logger = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,7 @@ def keep_dtype_lines(names: Iterable[str]) -> str:
 def forecast_fp16(fp32_model: PathLike, images: np.ndarray, sizes: Sequence[Tuple[int, int]], cfg,
                   mode: str = "force_fp16", keep_fp32: Optional[Sequence[str]] = None, layers: bool = True,
                   image_ids: Optional[Sequence[str]] = None, threads: Optional[int] = None,
-                  progress: bool = False, log: Optional[Callable[[str], None]] = None) -> Fp16Forecast:
+                  progress: bool = False) -> Fp16Forecast:
     """Run the float32 model and its fp16 emulation on ``images`` [N,3,S,S]
     (original ``sizes`` [(width, height)]) and measure the drift; the raw
     outputs of both are kept in the result (see :func:`forecast_fp16_stream`)."""
@@ -196,14 +199,13 @@ def forecast_fp16(fp32_model: PathLike, images: np.ndarray, sizes: Sequence[Tupl
         raise ValueError(f"{len(images)} images, {len(ids)} ids and {len(sizes)} sizes")
     items = ((ids[i], images[i], tuple(sizes[i])) for i in range(len(images)))
     return forecast_fp16_stream(fp32_model, items, cfg, mode, keep_fp32, layers, threads=threads,
-                                progress=progress, log=log, total=len(images))
+                                progress=progress, total=len(images))
 
 
 def forecast_fp16_stream(fp32_model: PathLike, items: Iterable[Tuple[object, np.ndarray, Tuple[int, int]]], cfg,
                          mode: str = "force_fp16", keep_fp32: Optional[Sequence[str]] = None, layers: bool = True,
                          on_image: Optional[Callable[..., None]] = None, keep_outputs: bool = True,
-                         threads: Optional[int] = None, progress: bool = False,
-                         log: Optional[Callable[[str], None]] = None, total: Optional[int] = None) -> Fp16Forecast:
+                         threads: Optional[int] = None, progress: bool = False, total: Optional[int] = None) -> Fp16Forecast:
     """The forecast over ``items`` ``(image_id, tensor [3,S,S], (width, height))``,
     one image at a time: with ``layers`` every layer's tensor is fetched from
     both models (about 1 GB per image at 512), measured and dropped.
@@ -218,8 +220,7 @@ def forecast_fp16_stream(fp32_model: PathLike, items: Iterable[Tuple[object, np.
     path = Path(fp32_model)
     if not path.is_file():
         raise InputFileError(path, "ONNX model not found")
-    say = log or (lambda _m: None)
-    say(f"building the fp16 emulation ({mode}) of {path} ...")
+    logger.info(f"building the fp16 emulation ({mode}) of {path} ...")
     reference_proto = onnx.load(str(path))
     emulated, plan = emulate_fp16(reference_proto, mode, keep_fp32)
     taps = layer_taps(emulated, plan) if layers else []
@@ -230,7 +231,7 @@ def forecast_fp16_stream(fp32_model: PathLike, items: Iterable[Tuple[object, np.
     del reference_proto
     candidate = _session(_with_outputs(emulated, names), threads)
     del emulated
-    say(f"sessions ready in {time.perf_counter() - start:.1f} s; {len(plan.fp16_nodes)} nodes in fp16, "
+    logger.info(f"sessions ready in {time.perf_counter() - start:.1f} s; {len(plan.fp16_nodes)} nodes in fp16, "
         f"{len(plan.fp32_nodes)} in float32, {plan.folded_batchnorms} BatchNormalization folded; "
         f"{len(taps)} layers measured")
     drifts = [LayerDrift(t) for t in taps]

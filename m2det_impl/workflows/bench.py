@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Dict, Optional, Sequence
 
 from m2det_impl._io import PathLike, atomic_write_json, atomic_write_text, ensure_output_folder
+from m2det_impl.backends.spec import ModelSpec
 from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.gating.bench import (
     measure_end_to_end,
@@ -15,21 +16,22 @@ from m2det_impl.gating.bench import (
     reference_postprocess_cases,
 )
 from m2det_impl.gating.bench_report import bench_markdown, machine_info
+from m2det_impl.logs import RESULT, get_logger
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.pipeline.dataset import Dataset
 from m2det_impl.published import DEFAULT_PUBLISHED
-from m2det_impl.workflows import Echo
-from m2det_impl.workflows.models import ModelSpec
 from m2det_impl.workflows.run import category_ids_for
 
 __all__ = ["bench"]
+
+logger = get_logger(__name__)
 
 
 
 def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike, *,
           batch_sizes: Sequence[int] = (1,), warmup: int = 1, repeats: int = 3, host_images: int = 200,
           end_to_end: bool = True, loader_threads: int = 2, host: str = "auto", versus: Optional[ModelSpec] = None,
-          published: str = DEFAULT_PUBLISHED, echo: Echo = print, log: Echo = print) -> int:
+          published: str = DEFAULT_PUBLISHED) -> int:
     """``m2det bench``: measure, write bench.json and bench.md, print the table.
 
     ``published`` names the published table (``m2det_impl.published.published_names()``)
@@ -48,22 +50,22 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
     records = dataset.records
     category_ids = category_ids_for(dataset.annotations, cfg)
     tensors = [load_and_preprocess(r.path, cfg)[0] for r in records[: max(batch_sizes)]]
-    backend = model.create(cfg, log=log)
+    backend = model.create(cfg)
     other = None
     try:
-        other = versus.create(cfg, log=log) if versus is not None else None
+        other = versus.create(cfg) if versus is not None else None
         data: Dict[str, object] = {"backend": getattr(backend, "name", model.backend), "size": cfg.size,
                                    "machine": machine_info(), "warmup": warmup, "repeats": repeats,
                                    "published": table, "inference": [], "end_to_end": []}
         for b in batch_sizes:
             if other is None:
-                log(f"pure inference, batch {b} ...")
+                logger.info(f"pure inference, batch {b} ...")
                 data["inference"].append(measure_inference(backend, tensors, b, warmup, repeats))
             else:
                 names = (data["backend"], getattr(other, "name", "versus"))
                 if names[0] == names[1]:
                     names = (names[0], names[1] + " (versus)")
-                log(f"pure inference, batch {b}: {names[0]} and {names[1]} side by side ...")
+                logger.info(f"pure inference, batch {b}: {names[0]} and {names[1]} side by side ...")
                 rows = measure_side_by_side(dict(zip(names, (backend, other))), tensors, b, warmup,
                                             repeats)
                 data["inference"].append(rows[names[0]])
@@ -71,16 +73,16 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
                                                   "inference": [], "speed_ratio": {}})
                 side["inference"].append(rows[names[1]])
                 side["speed_ratio"][str(b)] = rows[names[0]]["median_s_per_batch"] / rows[names[1]]["median_s_per_batch"]
-                log(f"batch {b}: {names[1]} {rows[names[1]]['wall_clock_images_per_second']:.3f} img/s, {names[0]} "
+                logger.info(f"batch {b}: {names[1]} {rows[names[1]]['wall_clock_images_per_second']:.3f} img/s, {names[0]} "
                     f"{rows[names[0]]['wall_clock_images_per_second']:.3f} img/s (wall clock): "
                     f"{side['speed_ratio'][str(b)]:.2f}x")
         if end_to_end:
             for b in batch_sizes:
-                log(f"end to end over {len(records)} images, batch {b}, paired with pure inference ...")
+                logger.info(f"end to end over {len(records)} images, batch {b}, paired with pure inference ...")
                 data["end_to_end"].append(measure_end_to_end(backend, records, cfg, category_ids, b,
                                                              repeats=repeats, loader_threads=loader_threads,
                                                              host=host))
-                log(f"batch {b}: end to end {data['end_to_end'][-1]['images_per_second']:.2f} img/s "
+                logger.info(f"batch {b}: end to end {data['end_to_end'][-1]['images_per_second']:.2f} img/s "
                     f"(host work in {data['end_to_end'][-1]['host']}), pure inference "
                     f"{data['end_to_end'][-1]['pure_images_per_second']:.2f} img/s")
         if model.weights is None and cfg.size == 512:
@@ -93,7 +95,7 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
         else:
             host_outputs = [tuple(a[0] for a in backend.infer(t[None])) for t in tensors[:4]]
             source = "this backend's outputs"
-        log(f"host side over {host_images} images, post-processing {source} ...")
+        logger.info(f"host side over {host_images} images, post-processing {source} ...")
         data["host"] = measure_host(records[: min(len(records), 8)], cfg, host_outputs, category_ids,
                                     images=host_images)
         data["host"]["outputs"] = source
@@ -104,6 +106,6 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
     atomic_write_json(out / "bench.json", data, indent=2)
     text = bench_markdown(data)
     atomic_write_text(out / "bench.md", text)
-    echo(text)
-    echo(f"-> {out / 'bench.json'}, {out / 'bench.md'}")
+    logger.log(RESULT, text)
+    logger.log(RESULT, f"-> {out / 'bench.json'}, {out / 'bench.md'}")
     return EXIT_OK

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 from m2det_impl._io import PathLike, atomic_write_text, ensure_output_folder
+from m2det_impl.backends.registry import runtime_for_precision
+from m2det_impl.backends.spec import ModelSpec
 from m2det_impl.errors import UsageError
 from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 from m2det_impl.gating.gates import max_ap_drop_gate
+from m2det_impl.logs import RESULT, get_logger
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.pipeline.dataset import Dataset
-from m2det_impl.workflows import Echo
-from m2det_impl.workflows.models import ModelSpec, make_backend
 from m2det_impl.workflows.run import category_ids_for
 
 __all__ = ["compare_two_runs", "compare_precision"]
+
+logger = get_logger(__name__)
 
 
 
@@ -24,16 +29,16 @@ def _ap_change(data: dict) -> Optional[float]:
     return None if not ap else ap["change"]
 
 
-def _gate(data: dict, max_ap_drop: Optional[float], echo: Echo, log: Echo) -> int:
+def _gate(data: dict, max_ap_drop: Optional[float]) -> int:
     verdict = max_ap_drop_gate(_ap_change(data), max_ap_drop)
     if verdict.message:
-        (echo if verdict.passed else log)(verdict.message)
+        logger.log(RESULT if verdict.passed else logging.ERROR, verdict.message)
     return verdict.code
 
 
 def compare_two_runs(candidate: PathLike, reference: PathLike, cfg: M2DetConfig, *, out: Optional[PathLike] = None,
                      pair: Optional[str] = None, tolerances: Optional[PathLike] = None, detections: bool = True,
-                     max_ap_drop: Optional[float] = None, echo: Echo = print, log: Echo = print) -> int:
+                     max_ap_drop: Optional[float] = None) -> int:
     """Two saved runs (.npz, held to the tolerance file) or two run folders
     (detections and AP, never speed: two runs made apart are not a paired
     measurement); returns the exit code."""
@@ -43,28 +48,27 @@ def compare_two_runs(candidate: PathLike, reference: PathLike, cfg: M2DetConfig,
 
         folder = ensure_output_folder(out) if out else None
         data = compare_result_folders(a, b).as_dict()
-        echo(comparison_markdown(data).rstrip("\n"))
+        logger.log(RESULT, comparison_markdown(data).rstrip("\n"))
         if folder is not None:
-            write_comparison(folder, data, log=log)
-        return _gate(data, max_ap_drop, echo, log)
+            write_comparison(folder, data)
+        return _gate(data, max_ap_drop)
     from m2det_impl.evaluation.tolerances import DEFAULT_TOLERANCES_FILE, Tolerances, compare_saved, load_run
 
     if max_ap_drop is not None:
         verdict = max_ap_drop_gate(None, max_ap_drop, "saved runs hold raw outputs, not an AP: compare two run "
                                                       "folders for --max-ap-drop")
-        log(verdict.message)
+        logger.info(verdict.message)
         return verdict.code
     report = compare_saved(load_run(a), load_run(b), pair, Tolerances.load(tolerances or DEFAULT_TOLERANCES_FILE),
-                           detections, cfg, verbose=echo)
-    echo(report.message())
+                           detections, cfg, verbose=lambda line: logger.log(RESULT, line))
+    logger.log(RESULT, report.message())
     return EXIT_OK if report.ok else EXIT_GATE_FAILED
 
 
 def compare_precision(kind: str, dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *,
                       int8_onnx: Optional[PathLike] = None, precision_mode: str = "force_fp16",
                       keep_fp32: Optional[Sequence[str]] = None, layers: bool = True, first: int = 5,
-                      max_ap_drop: Optional[float] = None, progress: bool = True,
-                      echo: Echo = print, log: Echo = print) -> int:
+                      max_ap_drop: Optional[float] = None, progress: bool = True) -> int:
     """``kind="fp16"``: forecast the .om's fp16 drift on the CPU; ``kind="int8"``:
     the int8 model against float32 ONNX Runtime. Writes compare.json/.md (and
     keep_dtype.cfg when layers cross Ascend's thresholds); returns the exit code."""
@@ -75,38 +79,33 @@ def compare_precision(kind: str, dataset: Dataset, cfg: M2DetConfig, model: Mode
         raise UsageError(f"unknown precision variant {kind!r}: fp16 or int8")
     if max_ap_drop is not None and dataset.annotations is None:
         verdict = max_ap_drop_gate(None, max_ap_drop)
-        log(verdict.message)
+        logger.info(verdict.message)
         return verdict.code
     model.preflight()
     folder = ensure_output_folder(out)
-    if model.golden:
-        from m2det_impl.workflows.models import GOLDEN_WARNING
-
-        log(GOLDEN_WARNING)
     categories = category_ids_for(dataset.annotations, cfg) if dataset.annotations else None
     if kind == "fp16":
-        data = _forecast_fp16(dataset, cfg, model, categories, precision_mode, keep_fp32, layers, first, progress,
-                              log)
+        data = _forecast_fp16(dataset, cfg, model, categories, precision_mode, keep_fp32, layers, first, progress)
     else:
-        data = _int8_against_fp32(dataset, cfg, model, categories, int8_onnx, progress, log)
-    write_comparison(folder, data, log=log)
+        data = _variant_against_reference(kind, dataset, cfg, model, categories, int8_onnx, progress)
+    write_comparison(folder, data)
     over = data.get("first_over_threshold") or []
     if over:
         cfg_path = atomic_write_text(folder / "keep_dtype.cfg", keep_dtype_lines(d["name"] for d in over))
-        log(f"{cfg_path}: the first layers over the thresholds; build with atc --keep_dtype={cfg_path} to keep "
+        logger.info(f"{cfg_path}: the first layers over the thresholds; build with atc --keep_dtype={cfg_path} to keep "
             "them in float32, or forecast that first with --keep-fp32 NAME")
-    echo(section_markdown(data).rstrip("\n"))
-    return _gate(data, max_ap_drop, echo, log)
+    logger.log(RESULT, section_markdown(data).rstrip("\n"))
+    return _gate(data, max_ap_drop)
 
 
-def _forecast_fp16(dataset, cfg, model, categories, precision_mode, keep_fp32, layers, first, progress, log) -> dict:
+def _forecast_fp16(dataset, cfg, model, categories, precision_mode, keep_fp32, layers, first, progress) -> dict:
     from m2det_impl.backends.cache import cached_onnx
     from m2det_impl.errors import M2DetError
     from m2det_impl.evaluation.variants import VariantAccumulator
     from m2det_impl.pipeline.stream import iter_preprocessed
     from m2det_impl.precision.forecast import forecast_fp16_stream
 
-    onnx = Path(model.onnx) if model.onnx else cached_onnx(cfg, model.weights, log=log)
+    onnx = Path(model.onnx) if model.onnx else cached_onnx(cfg, model.weights)
     acc = VariantAccumulator("fp16 forecast", "float32", cfg, categories)
 
     def items():
@@ -116,7 +115,7 @@ def _forecast_fp16(dataset, cfg, model, categories, precision_mode, keep_fp32, l
             yield record.image_id, tensor, size
 
     forecast = forecast_fp16_stream(onnx, items(), cfg, precision_mode, keep_fp32, layers, on_image=acc.add,
-                                    keep_outputs=False, threads=model.threads, progress=progress, log=log,
+                                    keep_outputs=False, threads=model.threads, progress=progress,
                                     total=len(dataset.records))
     data = forecast.as_dict(first=first)
     data["comparison"] = acc.finish(dataset.annotations).as_dict()
@@ -124,22 +123,28 @@ def _forecast_fp16(dataset, cfg, model, categories, precision_mode, keep_fp32, l
     return data
 
 
-def _int8_against_fp32(dataset, cfg, model, categories, int8_onnx, progress, log) -> dict:
+def _variant_against_reference(precision, dataset, cfg, model, categories, variant_onnx, progress) -> dict:
+    """A precision variant's runtime (the registry's, e.g. int8) against the float32 runtime it names as its reference."""
     from m2det_impl.evaluation.variants import compare_backends
-    from m2det_impl.precision.int8 import describe_int8
 
-    reference = make_backend("onnxruntime", cfg, weights=model.weights, onnx_path=model.onnx, threads=model.threads,
-                             log=log)
-    candidate = make_backend("onnxruntime-int8", cfg, weights=model.weights, onnx_path=int8_onnx,
-                             threads=model.threads, log=log, calib=model.calib, calib_images=model.calib_images)
+    variant = runtime_for_precision(precision)
+    reference_spec = replace(model, backend=variant.reference)
+    candidate_spec = replace(model, backend=variant.name, onnx=variant_onnx)
+    reference = reference_spec.create(cfg)  # says so when the weights are golden
+    try:
+        candidate = variant.build(candidate_spec, cfg)
+    except BaseException:
+        reference.close()
+        raise
     try:
         result = compare_backends(dataset.records, cfg, candidate, reference, dataset.annotations, categories,
-                                  progress=progress, names=("int8", "float32"))
+                                  progress=progress, names=(precision, "float32"))
     finally:
         candidate.close()
         reference.close()
     data = result.as_dict()
-    data["kind"] = "int8"
-    data["int8_model"] = {"path": candidate.source, **describe_int8(candidate.source)}
+    data["kind"] = precision
+    described = variant.describe_model(candidate.source) if variant.describe_model else {}
+    data[f"{precision}_model"] = {"path": candidate.source, **described}
     data["float32_model"] = reference.source
     return data

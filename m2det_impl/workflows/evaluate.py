@@ -2,34 +2,36 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 from m2det_impl._io import PathLike, atomic_write_json, ensure_output_file
 from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.gating.gates import min_ap_gate
+from m2det_impl.logs import RESULT, get_logger
 from m2det_impl.network.config import M2DetConfig
-from m2det_impl.workflows import Echo
 
 __all__ = ["evaluate_outputs", "merge_shards", "announce_and_gate"]
 
+logger = get_logger(__name__)
 
 
-def announce_and_gate(summary: dict, path: PathLike, min_ap: Optional[float], echo: Echo, log: Echo) -> int:
+
+def announce_and_gate(summary: dict, path: PathLike, min_ap: Optional[float]) -> int:
     """Print a scored summary (the table, then the AP with the dataset it was
     measured on) and apply ``--min-ap``; returns the exit code."""
-    echo(summary["table"].rstrip("\n"))
-    echo(f"AP@[.50:.95] = {summary['ap']:.4f} on {summary['dataset']} -> {path}")
+    logger.log(RESULT, summary["table"].rstrip("\n"))
+    logger.log(RESULT, f"AP@[.50:.95] = {summary['ap']:.4f} on {summary['dataset']} -> {path}")
     verdict = min_ap_gate(summary["ap"], min_ap)
     if verdict.message:
-        (echo if verdict.passed else log)(verdict.message)
+        logger.log(RESULT if verdict.passed else logging.ERROR, verdict.message)
     return verdict.code
 
 
 def evaluate_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetConfig, results: PathLike,
                      summary: PathLike, *, image_info: Optional[PathLike] = None, skip_bad: bool = False,
-                     min_ap: Optional[float] = None, progress: bool = True, echo: Echo = print,
-                     log: Echo = print) -> int:
+                     min_ap: Optional[float] = None, progress: bool = True) -> int:
     """ais_bench / benchmark output files -> COCO results JSON -> AP; returns the exit code."""
     from m2det_impl.pipeline.evaluate import results_from_outputs, score_results
 
@@ -37,17 +39,17 @@ def evaluate_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetConfig,
     scored = results_from_outputs(outputs, annotations, cfg, image_info=image_info, skip_bad=skip_bad,
                                   progress=progress)
     for stem, reason in scored.skipped.items():
-        log(f"skipped {stem}: {reason}")
+        logger.info(f"skipped {stem}: {reason}")
     results_path = atomic_write_json(results, scored.results)
-    echo(f"{scored.outputs_read} images, {len(scored.results)} detections -> {results_path}")
+    logger.log(RESULT, f"{scored.outputs_read} images, {len(scored.results)} detections -> {results_path}")
     data = score_results(annotations, scored.results, scored.image_ids, summary,
                          extra={"skipped": scored.skipped, "outputs": str(outputs)})
-    return announce_and_gate(data, summary, min_ap, echo, log)
+    return announce_and_gate(data, summary, min_ap)
 
 
 def merge_shards(shards: Sequence[PathLike], results: PathLike, summary: PathLike, *,
                  annotations: Optional[PathLike] = None, limit: Optional[int] = None, partial: bool = False,
-                 min_ap: Optional[float] = None, echo: Echo = print, log: Echo = print) -> int:
+                 min_ap: Optional[float] = None) -> int:
     """Combine the shard files of ``m2det run --shard I/N`` (files or folders holding them), check that
     every image is covered once, and score them; returns the exit code."""
     from m2det_impl.pipeline.dataset import annotation_images
@@ -57,7 +59,7 @@ def merge_shards(shards: Sequence[PathLike], results: PathLike, summary: PathLik
     results, summary = ensure_output_file(results), ensure_output_file(summary)
     if annotations is None and min_ap is not None:
         verdict = min_ap_gate(None, min_ap, "no AP can be measured without --annotations")
-        log(verdict.message)
+        logger.info(verdict.message)
         return verdict.code
     files: List[Path] = []
     for given in shards:
@@ -70,10 +72,10 @@ def merge_shards(shards: Sequence[PathLike], results: PathLike, summary: PathLik
             expected = sorted(expected)[:limit]
     merged, image_ids, skipped = merge_shard_files(files, expected)
     results_path = atomic_write_json(results, merged)
-    echo(f"merged {len(files)} shards: {len(image_ids)} images, {len(merged)} detections -> {results_path}")
+    logger.log(RESULT, f"merged {len(files)} shards: {len(image_ids)} images, {len(merged)} detections -> {results_path}")
     if annotations is None:
-        echo("not scored: give --annotations for an AP")
+        logger.log(RESULT, "not scored: give --annotations for an AP")
         return EXIT_OK
     data = score_results(annotations, merged, image_ids, summary,
                          extra={"shards": [str(f) for f in files], "skipped": skipped})
-    return announce_and_gate(data, summary, min_ap, echo, log)
+    return announce_and_gate(data, summary, min_ap)

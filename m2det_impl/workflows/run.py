@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import List, Optional
 
 from m2det_impl._io import PathLike, atomic_write_json, ensure_output_folder
+from m2det_impl.backends.spec import ModelSpec
 from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.gating.gates import min_ap_gate
+from m2det_impl.logs import RESULT, get_logger
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.pipeline.dataset import Dataset
-from m2det_impl.workflows import Echo
 from m2det_impl.workflows.evaluate import announce_and_gate
-from m2det_impl.workflows.models import ModelSpec
 
 __all__ = ["run", "category_ids_for"]
+
+logger = get_logger(__name__)
 
 
 
@@ -28,8 +30,7 @@ def category_ids_for(annotations: Optional[PathLike], cfg: M2DetConfig) -> List[
 
 def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, batch_size: int = 1,
         shard: Optional[str] = None, fresh: bool = False, skip_bad: bool = False, loader_threads: int = 2,
-        host: str = "auto", report: bool = True, min_ap: Optional[float] = None, progress: bool = True,
-        echo: Echo = print, log: Echo = print) -> int:
+        host: str = "auto", report: bool = True, min_ap: Optional[float] = None, progress: bool = True) -> int:
     """Run ``model`` over ``dataset`` into the folder ``out``; returns the exit code.
 
     Writes ``results.json`` (or a shard file), and with annotations
@@ -46,7 +47,7 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     if annotations is None and min_ap is not None:
         verdict = min_ap_gate(None, min_ap, "no AP can be measured: these images have no annotations "
                                             "(give --annotations or --coco-root)")
-        log(verdict.message)
+        logger.info(verdict.message)
         return verdict.code
     model.preflight()
     parsed = parse_shard(shard) if shard else None
@@ -62,12 +63,12 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
         finished = store.finished()
         already = len(finished & wanted)
         if already:
-            log(f"resuming: {already} of {len(records)} images already done in {store.path}")
+            logger.info(f"resuming: {already} of {len(records)} images already done in {store.path}")
         outside = len(finished - wanted)
         if outside:
-            log(f"note: {outside} image(s) journaled in {store.path} are outside this run's selection: kept there, "
+            logger.info(f"note: {outside} image(s) journaled in {store.path} are outside this run's selection: kept there, "
                 "left out of results.json")
-        backend = model.create(cfg, log=log)
+        backend = model.create(cfg)
         try:
             outcome = run_pipeline(records, backend, cfg, category_ids, batch_size=batch_size, store=store,
                                    skip_bad=skip_bad, loader_threads=loader_threads, progress=progress,
@@ -77,21 +78,21 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     finally:
         store.close()
     for image_id, reason in outcome.skipped.items():
-        log(f"skipped image {image_id}: {reason}")
+        logger.info(f"skipped image {image_id}: {reason}")
     if parsed:
         path = write_shard_file(out / shard_results_name(*parsed), parsed[0], parsed[1], outcome, identity)
-        echo(f"shard {parsed[0]}/{parsed[1]}: {len(outcome.image_ids)} images, {len(outcome.results)} detections "
+        logger.log(RESULT, f"shard {parsed[0]}/{parsed[1]}: {len(outcome.image_ids)} images, {len(outcome.results)} detections "
              f"-> {path}\nmerge all shards with: m2det merge {out}/results.shard-*-of-{parsed[1]}.json")
         return EXIT_OK
     results_path = atomic_write_json(out / "results.json", outcome.results)
     done = len(outcome.image_ids) - len(outcome.skipped)  # a skipped image is not done: it scores as a miss
     skipped = f", {len(outcome.skipped)} skipped" if outcome.skipped else ""
-    echo(f"{done} images ({outcome.resumed} resumed){skipped}, {len(outcome.results)} detections -> {results_path}")
+    logger.log(RESULT, f"{done} images ({outcome.resumed} resumed){skipped}, {len(outcome.results)} detections -> {results_path}")
     if outcome.processed_now:
-        echo(f"throughput this run: {outcome.images_per_second:.2f} images/s end to end "
+        logger.log(RESULT, f"throughput this run: {outcome.images_per_second:.2f} images/s end to end "
              f"(inference alone {outcome.processed_now / max(outcome.infer_seconds, 1e-9):.2f} images/s)")
     if annotations is None:
-        echo("not scored: these images have no annotations (give --annotations or --coco-root for an AP)")
+        logger.log(RESULT, "not scored: these images have no annotations (give --annotations or --coco-root for an AP)")
         return EXIT_OK
     summary = score_results(annotations, outcome.results, outcome.image_ids, out / "summary.json",
                             extra={"identity": identity, "batch_size": batch_size, "skipped": outcome.skipped,
@@ -100,9 +101,9 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
         from m2det_impl.gating.report import write_run_report
 
         paths = write_run_report(out, summary, cfg, records, outcome.results, annotations)
-        echo("report: " + ", ".join(str(p) for p in paths))
-    code = announce_and_gate(summary, out / "summary.json", min_ap, echo, log)
+        logger.log(RESULT, "report: " + ", ".join(str(p) for p in paths))
+    code = announce_and_gate(summary, out / "summary.json", min_ap)
     if model.weights is None:
-        log("NOTE: golden (untrained) weights: the AP above measures the pipeline, not the model; "
+        logger.info("NOTE: golden (untrained) weights: the AP above measures the pipeline, not the model; "
             "pass --weights m2det512_vgg.pth for the real figure")
     return code

@@ -12,7 +12,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from m2det_impl.backends import Backend, OnnxRuntimeBackend, TorchBackend
+from m2det_impl.backends import Backend
+from m2det_impl.backends.ort import OnnxRuntimeBackend
+from m2det_impl.backends.pytorch import TorchBackend
 from m2det_impl.errors import BackendUnavailableError, InputFileError, ModelOutputError, UsageError
 from m2det_impl.evaluation.agreement import detection_agreement
 from m2det_impl.evaluation.metrics import compare_runs

@@ -17,8 +17,8 @@ from typing import List
 import numpy as np
 import pytest
 
-from m2det_impl.backends import onnxruntime_backend as ortb
-from m2det_impl.backends.registry import BACKENDS, availability, backend_names
+from m2det_impl.backends.ort import gpu as ortb
+from m2det_impl.backends.registry import availability, runtime_names, runtimes
 from m2det_impl.cli import main
 from m2det_impl.errors import BackendUnavailableError, UsageError
 from m2det_impl.exit_codes import EXIT_BAD_INPUT
@@ -193,8 +193,8 @@ def test_a_silent_fallback_to_the_cpu_is_refused(fake, model, build, dropped):
 
 # ------------------------------------------------------------------ registry, jobs, command line
 def test_the_registry_knows_both_gpu_backends_and_their_providers(fake):
-    assert backend_names("gpu") == ("onnxruntime-cuda", "tensorrt")
-    assert (BACKENDS["onnxruntime-cuda"].provider, BACKENDS["tensorrt"].provider) == (CUDA, TRT)
+    assert runtime_names("gpu") == ("onnxruntime-cuda", "tensorrt")
+    assert (runtimes()["onnxruntime-cuda"].provider, runtimes()["tensorrt"].provider) == (CUDA, TRT)
     assert availability("tensorrt") == (True, "")
     fake(available=(CUDA, CPU))
     ok, why = availability("tensorrt")
@@ -204,10 +204,10 @@ def test_the_registry_knows_both_gpu_backends_and_their_providers(fake):
 
 @pytest.mark.parametrize("kind, first", [("onnxruntime-cuda", CUDA), ("tensorrt", TRT)])
 def test_make_backend_builds_each_gpu_backend(fake, model, kind, first, cfg512):
-    from m2det_impl.workflows.models import make_backend
+    from m2det_impl.backends.spec import ModelSpec
 
     ort = fake()
-    backend = make_backend(kind, cfg512, onnx_path=model, device_id=2)
+    backend = ModelSpec(backend=kind, onnx=model, device_id=2).create(cfg512)
     assert backend.name == kind and backend.providers[0] == first
     assert ort.sessions[0].providers[0][1]["device_id"] == "2"
 
@@ -220,8 +220,7 @@ def test_make_backend_builds_each_gpu_backend(fake, model, kind, first, cfg512):
 def test_the_command_line_fails_first_naming_what_to_install(fake, model, tmp_path, capsys, argv):
     fake(available=(CPU,))
     out = tmp_path / "out"
-    flag = "--out" if argv[0] == "run" else "--output"
-    assert main([*argv, "--onnx", str(model), flag, str(out), "--quiet", "--limit", "1"]) == EXIT_BAD_INPUT
+    assert main([*argv, "--onnx", str(model), "--output", str(out), "--quiet", "--limit", "1"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "Traceback" not in err and "onnxruntime-gpu" in err and "ExecutionProvider" in err
     assert not out.exists()  # before any output folder or model work

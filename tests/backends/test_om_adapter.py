@@ -36,7 +36,7 @@ import types
 import numpy as np
 import pytest
 
-from m2det_impl.backends import OmBackend, map_om_outputs
+from m2det_impl.backends.ascend import OmBackend, map_om_outputs
 from m2det_impl.errors import BackendUnavailableError, InputFileError, ModelOutputError
 
 pytestmark = pytest.mark.cpu

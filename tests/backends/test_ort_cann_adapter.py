@@ -21,8 +21,8 @@ import types
 import numpy as np
 import pytest
 
-from m2det_impl.backends.onnxruntime_backend import cann_provider_options, onnxruntime_cann_backend
-from m2det_impl.backends.registry import BACKENDS, availability, backend_names
+from m2det_impl.backends.ort.cann import cann_provider_options, onnxruntime_cann_backend
+from m2det_impl.backends.registry import availability, runtime_names, runtimes
 from m2det_impl.errors import BackendUnavailableError, UsageError
 
 pytestmark = pytest.mark.cpu
@@ -140,7 +140,7 @@ def test_without_the_provider_the_error_says_what_to_install(onnx_file, monkeypa
     monkeypatch.setitem(sys.modules, "onnxruntime", fake_onnxruntime(providers=("CPUExecutionProvider",)))
     with pytest.raises(BackendUnavailableError) as info:
         onnxruntime_cann_backend(onnx_file)
-    assert "onnxruntime-cann with CANNExecutionProvider" in str(info.value) and "CPUExecutionProvider" in str(info.value)
+    assert "pip install onnxruntime-cann" in str(info.value) and "CPUExecutionProvider" in str(info.value)
 
 
 def test_without_onnxruntime_the_error_says_what_to_install(onnx_file, monkeypatch):
@@ -156,17 +156,17 @@ def test_a_silent_fallback_to_the_cpu_is_refused(onnx_file, monkeypatch):
 
 
 def test_registry_entry_and_probe():
-    entry = BACKENDS["onnxruntime-cann"]
+    entry = runtimes()["onnxruntime-cann"]
     assert (entry.device, entry.module, entry.provider, entry.distributions) == (
         "npu", "onnxruntime", "CANNExecutionProvider", ("onnxruntime-cann", "onnxruntime"))
-    assert backend_names("npu") == ("om", "onnxruntime-cann")
+    assert set(runtime_names("npu")) == {"om", "onnxruntime-cann"}
     ok, why = availability("onnxruntime-cann", importer=lambda name: fake_onnxruntime(("CPUExecutionProvider",)))
     assert not ok and "CANNExecutionProvider" in why
     assert availability("onnxruntime-cann", importer=lambda name: fake_onnxruntime()) == (True, "")
 
 
 def test_make_backend_runs_the_onnx_export_on_the_given_device(onnx_file, monkeypatch, cfg512):
-    from m2det_impl.workflows.models import ModelSpec
+    from m2det_impl.backends.spec import ModelSpec
 
     ort = fake_onnxruntime()
     monkeypatch.setitem(sys.modules, "onnxruntime", ort)
@@ -177,12 +177,13 @@ def test_make_backend_runs_the_onnx_export_on_the_given_device(onnx_file, monkey
 
 def test_make_backend_without_the_provider_fails_before_exporting(monkeypatch, cfg512):
     """No ONNX export (minutes, 530 MB) for a backend that cannot run."""
-    import m2det_impl.workflows.models as models
+    import m2det_impl.backends.cache as cache
+    from m2det_impl.backends.spec import ModelSpec
 
     monkeypatch.setitem(sys.modules, "onnxruntime", fake_onnxruntime(providers=("CPUExecutionProvider",)))
-    monkeypatch.setattr(models, "cached_onnx", lambda *a, **k: pytest.fail("exported for an unavailable backend"))
+    monkeypatch.setattr(cache, "cached_onnx", lambda *a, **k: pytest.fail("exported for an unavailable backend"))
     with pytest.raises(BackendUnavailableError, match="install onnxruntime-cann"):
-        models.ModelSpec(backend="onnxruntime-cann").create(cfg512)
+        ModelSpec(backend="onnxruntime-cann").create(cfg512)
 
 
 @pytest.mark.parametrize("argv", [["run", "--backend", "onnxruntime-cann"], ["bench", "--versus", "onnxruntime-cann"]])

@@ -8,11 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from m2det_impl.backends.registry import BACKENDS
-from m2det_impl.backends.simulated import SimulatedNpuBackend, hold_gil_sleep, reference_outputs
+from m2det_impl.backends.registry import runtimes
+from m2det_impl.backends.simulated import SimulatedNpuBackend, hold_gil_sleep
+from m2det_impl.backends.spec import ModelSpec
 from m2det_impl.errors import UsageError
 from m2det_impl.network.config import get_config
-from m2det_impl.workflows.models import ModelSpec
+from m2det_impl.pipeline.reference_cases import reference_outputs
 
 pytestmark = pytest.mark.cpu
 
@@ -62,7 +63,7 @@ def test_outputs_are_the_reference_cases_cycled_over_the_batch():
 
 
 def test_registry_and_model_spec_build_it():
-    assert BACKENDS["simulated-npu"].device == "sim"
+    assert runtimes()["simulated-npu"].device == "sim"
     spec = ModelSpec(backend="simulated-npu", sim_ms_per_image=7.5)
     assert not spec.golden and spec.identity(get_config(512))["sim_ms_per_image"] == 7.5
     backend = spec.create(get_config(512))

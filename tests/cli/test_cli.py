@@ -154,7 +154,7 @@ def onnx_path(golden_export):
 
 
 def _run(out, onnx_path, *extra):
-    return main(["run", "--onnx", str(onnx_path), "--out", str(out), "--quiet", "--limit", "3", *extra])
+    return main(["run", "--onnx", str(onnx_path), "--output", str(out), "--quiet", "--limit", "3", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -227,11 +227,11 @@ def test_corrupt_image_stops_the_run_naming_it(tmp_path, onnx_path, capsys):
     first = sorted(json.loads(ANN.read_text())["images"], key=lambda i: i["id"])[0]
     bad = root / "val2014" / first["file_name"]
     bad.write_bytes(bad.read_bytes()[:200])
-    assert main(["run", "--coco-root", str(root), "--onnx", str(onnx_path), "--out", str(tmp_path / "o"),
+    assert main(["run", "--coco-root", str(root), "--onnx", str(onnx_path), "--output", str(tmp_path / "o"),
                  "--limit", "2", "--quiet"]) == EXIT_ERROR
     err = capsys.readouterr().err
     assert str(bad) in err and "--skip-bad" in err
-    assert main(["run", "--coco-root", str(root), "--onnx", str(onnx_path), "--out", str(tmp_path / "o"),
+    assert main(["run", "--coco-root", str(root), "--onnx", str(onnx_path), "--output", str(tmp_path / "o"),
                  "--limit", "2", "--quiet", "--skip-bad", "--no-report"]) == EXIT_OK
     assert str(first["id"]) in json.loads((tmp_path / "o" / "summary.json").read_text())["skipped"]
 
@@ -251,7 +251,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, golden_model, capsys):
     state["conf.0.weight"] = torch.zeros(21 * 6, 2048, 3, 3)  # a VOC (21-class) head
     path = tmp_path / "m2det512_voc.pth"
     torch.save(state, path)
-    assert main(["run", "--weights", str(path), "--backend", "torch", "--out", str(tmp_path / "o"),
+    assert main(["run", "--weights", str(path), "--backend", "torch", "--output", str(tmp_path / "o"),
                  "--quiet", "--limit", "1"]) == EXIT_ERROR
     err = capsys.readouterr().err
     assert str(path) in err and "conf.0.weight" in err
@@ -299,7 +299,7 @@ def test_console_script_help_and_errors(tmp_path):
 
 
 def test_export_writes_static_onnx_and_atc_script(tmp_path, capsys):
-    assert main(["export", "--batch", "1", "--out-dir", str(tmp_path)]) == EXIT_OK
+    assert main(["export", "--batch", "1", "--output", str(tmp_path)]) == EXIT_OK
     out = capsys.readouterr().out
     onnx_file = tmp_path / "m2det512_bs1.onnx"
     assert onnx_file.stat().st_size > 500e6 and "opset 11" in out and "violation" not in out

@@ -51,9 +51,9 @@ def test_the_recorded_pycocotools_version_is_the_installed_one():
 
 def test_the_cli_knows_the_library_defaults_it_repeats():
     """Two values the parser repeats so that building it imports neither onnx nor onnxruntime."""
+    from m2det_impl.backends.ort.int8 import DEFAULT_CALIBRATION_IMAGES
     from m2det_impl.cli.commands.compare import PRECISION_MODE_CHOICES
     from m2det_impl.cli.common import DEFAULT_CALIBRATION_IMAGES as CLI_CALIBRATION_IMAGES
     from m2det_impl.precision.fp16 import PRECISION_MODES
-    from m2det_impl.precision.int8 import DEFAULT_CALIBRATION_IMAGES
 
     assert CLI_CALIBRATION_IMAGES == DEFAULT_CALIBRATION_IMAGES and PRECISION_MODE_CHOICES == PRECISION_MODES

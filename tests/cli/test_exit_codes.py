@@ -46,7 +46,7 @@ def test_ok(tmp_path, capsys):
 
 def test_a_gate_without_its_figure_fails(tmp_path, capsys):
     """--min-ap on images without annotations: nothing can be scored, so the gate fails, before any work."""
-    code = main(["run", "--images", str(MINI_COCO / "val2014"), "--limit", "1", "--out", str(tmp_path / "r"),
+    code = main(["run", "--images", str(MINI_COCO / "val2014"), "--limit", "1", "--output", str(tmp_path / "r"),
                  "--min-ap", "0.5", "--quiet"])
     assert code == EXIT_GATE_FAILED
     err = capsys.readouterr().err
@@ -55,7 +55,7 @@ def test_a_gate_without_its_figure_fails(tmp_path, capsys):
 
 
 def test_bad_usage_is_two(tmp_path, capsys):
-    assert main(["run", "--shard", "3/2", "--out", str(tmp_path / "r")]) == EXIT_BAD_INPUT
+    assert main(["run", "--shard", "3/2", "--output", str(tmp_path / "r")]) == EXIT_BAD_INPUT
     assert "shard '3/2': need 0 <= I < N" in capsys.readouterr().err
 
 
@@ -94,5 +94,5 @@ def test_not_gated_is_four(tmp_path, capsys):
     (tmp_path / "b.json").write_text(json.dumps(base))
     (tmp_path / "c.json").write_text(json.dumps(current))
     code = main(["regress", "--baseline", str(tmp_path / "b.json"), "--current", str(tmp_path / "c.json"),
-                 "--out", str(tmp_path)])
+                 "--output", str(tmp_path)])
     assert code == EXIT_NOT_GATED, capsys.readouterr()

@@ -42,7 +42,7 @@ MODEL = ["--backend", "simulated-npu", "--sim-ms-per-image", "0"]
 
 
 def _argv(out: Path, *extra: str) -> List[str]:
-    return ["run", *MODEL, "--out", str(out), "--limit", str(LIMIT), "--batch-size", "1",
+    return ["run", *MODEL, "--output", str(out), "--limit", str(LIMIT), "--batch-size", "1",
             "--quiet", "--no-report", *extra]
 
 
@@ -138,7 +138,7 @@ def test_unwritable_output_folder_fails_first(tmp_path, capsys, where, command):
            "under /dev/null": Path("/dev/null/out")}[where]
     argv = {"run": _argv(out),
             "preprocess": ["preprocess", "--output", str(out), "--limit", "1", "--quiet"],
-            "export": ["export", "--out-dir", str(out), "--batch", "1"]}[command]
+            "export": ["export", "--output", str(out), "--batch", "1"]}[command]
     assert main(argv) == EXIT_ERROR
     line = _one_error_line(capsys.readouterr().err, command)
     assert f"{out}: output folder is not writable" in line
@@ -266,7 +266,7 @@ def test_om_run_fails_before_any_work(tmp_path, capsys, command, om_file):
         om.write_bytes(b"not really an om")  # never opened: the runtime check comes first
     out = tmp_path / "out"
     om_args = ["--om", str(om)] if om_file != "not given" else []
-    argv = {"run": ["run", "--out", str(out)],
+    argv = {"run": ["run", "--output", str(out)],
             "infer": ["infer", "--inputs", str(MINI / "val2014"), "--output", str(out)],
             "bench": ["bench", "--output", str(out)]}[command]
     assert main(argv + ["--backend", "om", *om_args, "--quiet"]) == EXIT_ERROR

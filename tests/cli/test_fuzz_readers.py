@@ -726,10 +726,10 @@ _CLI_CASES = {
     "output folder": (["evaluate", "--outputs", "{outputs}", "--annotations", str(ANN),
                        "--results", "{tmp}/r.json", "--summary", "{tmp}/s.json"], "outputs"),
     "annotation file": (["run", "--annotations", "{ann}", "--images", str(MINI / "val2014"), "--backend", "torch",
-                         "--out", "{tmp}/o"], "ann"),
+                         "--output", "{tmp}/o"], "ann"),
     "run summary": (["report", "{tmp}"], "summary"),
-    "checkpoint": (["run", "--weights", "{ckpt}", "--backend", "torch", "--out", "{tmp}/o", "--limit", "1"], "ckpt"),
-    "config file": (["run", "--config", "{config}", "--out", "{tmp}/o"], "config"),
+    "checkpoint": (["run", "--weights", "{ckpt}", "--backend", "torch", "--output", "{tmp}/o", "--limit", "1"], "ckpt"),
+    "config file": (["run", "--config", "{config}", "--output", "{tmp}/o"], "config"),
     "image file": (["preprocess", "--images", "{images}", "--output", "{tmp}/p"], "image"),
     "shard file": (["merge", "{shard}", "--results", "{tmp}/m.json", "--summary", "{tmp}/ms.json"], "shard"),
     ".bin input": (["infer", "--inputs", "{bins}", "--output", "{tmp}/i", "--backend", "torch"], "bin"),
@@ -783,7 +783,7 @@ def test_console_script_reads_a_hostile_config_without_running_it(tmp_path):
     """The real entry point, as a user runs it: one line, exit 2, nothing ran."""
     files = _bad_files(tmp_path)
     done = subprocess.run([sys.executable, "-m", "m2det_impl.cli", "export", "--config", str(files["config"]),
-                           "--out-dir", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+                           "--output", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert done.returncode == EXIT_ERROR and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1 and str(files["config"]) in done.stderr and "test_cfg" in done.stderr
     assert not (tmp_path / SENTINEL_NAME).exists() and not (tmp_path / "x").exists()

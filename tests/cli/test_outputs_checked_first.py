@@ -14,7 +14,7 @@ def test_bench_refuses_an_unwritable_output_before_measuring(tmp_path, capsys, m
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     measured = []
-    monkeypatch.setattr("m2det_impl.workflows.models.ModelSpec.create", lambda *a, **k: measured.append(1))
+    monkeypatch.setattr("m2det_impl.backends.spec.ModelSpec.create", lambda *a, **k: measured.append(1))
     assert main(["bench", "--output", str(blocker / "bench"), "--quiet"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert f"{blocker / 'bench'}: output folder is not writable" in err and not measured

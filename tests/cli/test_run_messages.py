@@ -20,11 +20,11 @@ pytestmark = pytest.mark.cpu
 
 @pytest.fixture
 def fake_model(monkeypatch):
-    monkeypatch.setattr("m2det_impl.workflows.models.ModelSpec.create", fake_backend_factory(get_config(512)))
+    monkeypatch.setattr("m2det_impl.backends.spec.ModelSpec.create", fake_backend_factory(get_config(512)))
 
 
 def _run(out, *extra):
-    return main(["run", "--out", str(out), "--no-report", "--quiet", *extra])
+    return main(["run", "--output", str(out), "--no-report", "--quiet", *extra])
 
 
 def test_a_smaller_limit_resumes_what_it_needs_and_says_what_it_leaves_out(tmp_path, fake_model, capsys):

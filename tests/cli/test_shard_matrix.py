@@ -46,7 +46,7 @@ def _cli(*argv: str) -> List[str]:
 
 
 def _shard_argv(folder: Path, index: int) -> List[str]:
-    return _cli("run", *MODEL, "--out", str(folder), "--limit", str(LIMIT), "--batch-size", "1",
+    return _cli("run", *MODEL, "--output", str(folder), "--limit", str(LIMIT), "--batch-size", "1",
                 "--shard", f"{index}/{N}", "--quiet")
 
 
@@ -62,7 +62,7 @@ def test_four_shard_processes_merge_to_the_unsharded_run_and_a_lost_shard_is_nam
     procs = [subprocess.Popen(_shard_argv(f, i), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i, f in enumerate(folders)]
     single = tmp_path / "single"
-    assert main(["run", *MODEL, "--out", str(single), "--limit", str(LIMIT), "--batch-size", "1",
+    assert main(["run", *MODEL, "--output", str(single), "--limit", str(LIMIT), "--batch-size", "1",
                  "--quiet", "--no-report"]) == EXIT_OK
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [EXIT_OK] * N, outputs

@@ -375,8 +375,8 @@ def test_end_to_end_starts_host_processes_once_and_records_it(clock, monkeypatch
 
 
 def test_host_timing_uses_the_reference_shaped_outputs(monkeypatch):
-    import m2det_impl.backends.simulated as simulated
+    import m2det_impl.pipeline.reference_cases as reference_cases
 
     cases = [("scores", "loc")]
-    monkeypatch.setattr(simulated, "reference_outputs", lambda: cases)
+    monkeypatch.setattr(reference_cases, "reference_outputs", lambda: cases)
     assert bench.reference_postprocess_cases() is cases

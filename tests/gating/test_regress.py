@@ -83,7 +83,7 @@ def _regress(tmp_path, baseline: dict, current: dict, *extra):
     b = _write(tmp_path / "baseline.json", baseline)
     c = _write(tmp_path / "current.json", current)
     out = tmp_path / "out"
-    code = main(["regress", "--baseline", str(b), "--current", str(c), "--out", str(out), *extra])
+    code = main(["regress", "--baseline", str(b), "--current", str(c), "--output", str(out), *extra])
     report = json.loads((out / "regress.json").read_text()) if (out / "regress.json").is_file() else None
     return code, report
 
@@ -226,7 +226,7 @@ def test_update_that_fails_midway_leaves_the_old_baseline(tmp_path, monkeypatch,
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", refuse)
-    code = main(["regress", "--baseline", str(path), "--current", str(current), "--out", str(tmp_path / "o"),
+    code = main(["regress", "--baseline", str(path), "--current", str(current), "--output", str(tmp_path / "o"),
                  "--update"])
     assert code == EXIT_ERROR and "No space left on device" in capsys.readouterr().err
     assert path.read_bytes() == before
@@ -302,7 +302,7 @@ def test_collect_gathers_runs_bench_and_scores_then_regress_reads_them(tmp_path,
     out = tmp_path / "results.json"
     assert main(["collect", "--run", str(run1), "--run", str(run2), "--ap", f"perfect-outputs={perfect}",
                  "--bench", str(bench), "--annotations", str(MINI_ANN), "--note", "eight images",
-                 "--out", str(out)]) == EXIT_OK
+                 "--output", str(out)]) == EXIT_OK
     data = json.loads(out.read_text())
     assert data["format"] == "m2det-results/1" and data["notes"] == ["eight images"]
     assert data["figures"] == {
@@ -328,25 +328,25 @@ def test_collect_takes_one_bench_file_per_static_batch_model(tmp_path):
     second["end_to_end"], second["versus"], second["host"] = [], None, {"images": 48, "images_per_second": 90.0}
     second = _write(tmp_path / "bench-bs4.json", second)
     out = tmp_path / "r.json"
-    assert main(["collect", "--bench", str(first), "--bench", str(second), "--out", str(out)]) == EXIT_OK
+    assert main(["collect", "--bench", str(first), "--bench", str(second), "--output", str(out)]) == EXIT_OK
     figures = json.loads(out.read_text())["figures"]
     assert figures["throughput"]["onnxruntime/bs4"] == 0.7 and figures["throughput"]["onnxruntime/bs1"] == 0.5
     assert figures["host_throughput"] == {"host": 90.0}  # the host's best, measured twice
     # the same batch size twice is refused, naming both files
-    assert main(["collect", "--bench", str(first), "--bench", str(first), "--out", str(out)]) == EXIT_ERROR
+    assert main(["collect", "--bench", str(first), "--bench", str(first), "--output", str(out)]) == EXIT_ERROR
 
 
 def test_collect_refuses_runs_of_different_workloads(tmp_path, capsys):
     a = _summary(tmp_path / "a", "onnxruntime", 1, 0.3, images=8)
     b = _summary(tmp_path / "b", "onnxruntime", 2, 0.3, images=24)
-    assert main(["collect", "--run", str(a), "--run", str(b), "--out", str(tmp_path / "r.json")]) == EXIT_ERROR
+    assert main(["collect", "--run", str(a), "--run", str(b), "--output", str(tmp_path / "r.json")]) == EXIT_ERROR
     assert "different workloads" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
 
 
 def test_collect_refuses_a_bench_from_another_machine(tmp_path, capsys):
     bench = _bench(tmp_path / "bench.json", dict(machine_identity(), cpu="Some Other CPU"))
-    assert main(["collect", "--bench", str(bench), "--out", str(tmp_path / "r.json")]) == EXIT_ERROR
+    assert main(["collect", "--bench", str(bench), "--output", str(tmp_path / "r.json")]) == EXIT_ERROR
     err = capsys.readouterr().err
     assert "bench.json" in err and "another machine" in err
 

@@ -382,22 +382,22 @@ def test_updated_baseline_adds_default_rules_for_new_kinds_and_refuses_unknown_o
 
 
 # ------------------------------------------------------------------ run_regress
-def test_run_regress_update_creates_a_baseline_and_says_so(tmp_path, capsys):
+def test_run_regress_update_creates_a_baseline_and_says_so(tmp_path, capsys, console):
     current = _write(tmp_path / "c.json", RESULTS)
     baseline = tmp_path / "sub" / "b.json"
-    logged = []
-    assert run_regress(baseline, current, update=True, log=logged.append) == EXIT_OK
-    assert logged == [f"{baseline}: no baseline yet; --update creates it from {current}"]
-    assert capsys.readouterr().out == \
+    assert run_regress(baseline, current, update=True) == EXIT_OK
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"{baseline}: no baseline yet; --update creates it from {current}"]
+    assert captured.out == \
         f"baseline UPDATED (deliberately, --update): {baseline} now holds 1 figures of {current}\n"
     written = json.loads(baseline.read_text())
     assert written["figures"] == {"ap": {"x": 0.3}} and written["source"]["from"] == str(current)
 
 
-def test_run_regress_update_lists_the_figures_it_drops(tmp_path, capsys):
+def test_run_regress_update_lists_the_figures_it_drops(tmp_path, capsys, console):
     baseline = _write(tmp_path / "b.json", dict(BASELINE, figures={"ap": {"x": 0.3, "gone": 0.5, "gone2": 1.0}}))
     current = _write(tmp_path / "c.json", RESULTS)
-    assert run_regress(baseline, current, tmp_path / "out", update=True, log=lambda m: None) == EXIT_OK
+    assert run_regress(baseline, current, tmp_path / "out", update=True) == EXIT_OK
     out = capsys.readouterr().out.splitlines()
     assert out[-3] == f"regress: REGRESSED: 2 of 3 figures -> {tmp_path / 'out' / 'regress.json'}, " \
                       f"{tmp_path / 'out' / 'regress.md'}"
@@ -406,11 +406,12 @@ def test_run_regress_update_lists_the_figures_it_drops(tmp_path, capsys):
     assert json.loads(baseline.read_text())["rules"] == BASELINE["rules"]
 
 
-def test_run_regress_without_update_returns_the_comparisons_code_and_writes_beside_the_results(tmp_path, capsys):
+def test_run_regress_without_update_returns_the_comparisons_code_and_writes_beside_the_results(tmp_path, capsys,
+                                                                                             console):
     baseline = _write(tmp_path / "b.json", dict(BASELINE, figures={"ap": {"x": 0.31}}))
     current = _write(tmp_path / "c.json", RESULTS)
     before = baseline.read_text()
-    assert run_regress(baseline, current, log=lambda m: None) == EXIT_GATE_FAILED
+    assert run_regress(baseline, current) == EXIT_GATE_FAILED
     assert baseline.read_text() == before
     assert (tmp_path / "regress.json").is_file() and (tmp_path / "regress.md").is_file()
     assert capsys.readouterr().out.splitlines()[-1] == \
@@ -425,7 +426,7 @@ def test_run_regress_update_that_cannot_write_says_the_old_file_is_kept(tmp_path
 
     monkeypatch.setattr(regress, "atomic_write_json", refuse)
     with pytest.raises(M2DetError) as err:
-        run_regress(tmp_path / "b.json", current, update=True, log=lambda m: None)
+        run_regress(tmp_path / "b.json", current, update=True)
     assert str(err.value) == (f"{tmp_path / 'b.json'}: could not write the updated baseline (Permission denied); "
                               "the previous file is unchanged")
 
@@ -439,7 +440,8 @@ def test_an_unreadable_file_says_what_it_should_have_been(tmp_path, loader, what
     assert str(err.value) == f"{path}: {what} must be a JSON object"
 
 
-def test_run_regress_prints_its_banner_on_stderr_and_does_not_gate_another_machine_by_default(tmp_path, capsys):
+def test_run_regress_prints_its_banner_on_stderr_and_does_not_gate_another_machine_by_default(tmp_path, capsys,
+                                                                                             console):
     baseline = _write(tmp_path / "b.json", dict(BASELINE, machine={"cpu": "Other"}))
     current = _write(tmp_path / "c.json", RESULTS)
     assert run_regress(baseline, current, tmp_path / "out") == EXIT_NOT_GATED
@@ -451,15 +453,15 @@ def test_run_regress_prints_its_banner_on_stderr_and_does_not_gate_another_machi
     baseline = _write(tmp_path / "b.json", dict(BASELINE, workload={"size": 320}))
     assert run_regress(baseline, current, tmp_path / "out", allow_other_machine=True) == EXIT_NOT_GATED
     assert "!!! NOTHING IS GATED" in capsys.readouterr().err
-    logged = []
-    assert run_regress(baseline, current, tmp_path / "out", allow_other_workload=True, log=logged.append) == EXIT_GATE_FAILED  # gated: ap/y is missing
-    assert "!!! gating anyway, as asked" in logged
-    assert "!!!" not in capsys.readouterr().err
+    assert run_regress(baseline, current, tmp_path / "out", allow_other_workload=True) == EXIT_GATE_FAILED  # gated: ap/y is missing
+    captured = capsys.readouterr()
+    assert "!!! gating anyway, as asked" in captured.err.splitlines()
+    assert "!!!" not in captured.out
 
 
 def test_run_regress_update_writes_a_readable_baseline_creating_its_folders(tmp_path, capsys):
     current = _write(tmp_path / "c.json", RESULTS)
     baseline = tmp_path / "new" / "deeper" / "b.json"
-    assert run_regress(baseline, current, update=True, log=lambda m: None) == EXIT_OK
+    assert run_regress(baseline, current, update=True) == EXIT_OK
     text = baseline.read_text()
     assert text == json.dumps(json.loads(text), indent=2)  # indented by two: a file people read and review

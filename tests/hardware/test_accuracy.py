@@ -50,7 +50,7 @@ def _gate(rows):
 
 @pytest.mark.npu
 def test_om_ap_meets_published(om_paths, npu_runtime, device_id, coco_root):
-    from m2det_impl.backends import OmBackend
+    from m2det_impl.backends.ascend import OmBackend
 
     rows = []
     for path in om_paths:
@@ -65,12 +65,12 @@ def test_om_ap_meets_published(om_paths, npu_runtime, device_id, coco_root):
 @pytest.mark.slow
 @pytest.mark.weights
 def test_onnxruntime_ap_meets_published(weights_path, coco_root, pytestconfig):
-    from m2det_impl.backends import OnnxRuntimeBackend
     from m2det_impl.backends.cache import cached_onnx
+    from m2det_impl.backends.ort import OnnxRuntimeBackend
     from m2det_impl.network.model import weights_tag
 
     cfg = get_config(512)
-    onnx_path = cached_onnx(cfg, weights_path, log=print)
+    onnx_path = cached_onnx(cfg, weights_path)
     rows = []
     for batch in [int(b) for b in pytestconfig.getoption("--batch-sizes").split(",")]:
         with OnnxRuntimeBackend(onnx_path) as backend:

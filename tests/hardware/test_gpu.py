@@ -50,7 +50,7 @@ def tensorrt_provider(cuda_provider) -> str:
 
 @pytest.fixture(scope="session")
 def cuda_session(cuda_provider, reference_export, device_id):
-    from m2det_impl.backends.onnxruntime_backend import cuda_backend
+    from m2det_impl.backends.ort.gpu import cuda_backend
 
     with cuda_backend(reference_export.path, device_id=device_id) as backend:
         yield backend
@@ -60,7 +60,7 @@ def cuda_session(cuda_provider, reference_export, device_id):
 def tensorrt_session(tensorrt_provider, reference_export, device_id):
     """One session for the layer: each new batch size builds (or loads from the
     project cache) an engine, minutes for M2Det512, so it is made once."""
-    from m2det_impl.backends.onnxruntime_backend import tensorrt_backend
+    from m2det_impl.backends.ort.gpu import tensorrt_backend
 
     with tensorrt_backend(reference_export.path, device_id=device_id) as backend:
         yield backend

@@ -26,15 +26,15 @@ import os
 import pytest
 from support import forecast_drift, forecast_misses, record_forecast_drift
 
-from m2det_impl.backends import OmBackend
-from m2det_impl.backends.registry import availability, backend_names
+from m2det_impl.backends.ascend import OmBackend
+from m2det_impl.backends.registry import availability, runtime_names
 from m2det_impl.evaluation.agreement import detection_agreement
 from m2det_impl.evaluation.metrics import compare_runs
 from m2det_impl.evaluation.tolerances import Tolerances
 
 pytestmark = pytest.mark.npu
 
-NPU_ROUTES = backend_names("npu")
+NPU_ROUTES = runtime_names("npu")
 REFERENCE_CHUNK = 4  # images per call of a dynamic-batch route: bounds the activations' memory
 
 
@@ -67,7 +67,7 @@ def _route_models(request, route: str, cfg512):
                  lambda p=path: OmBackend(p, device_id=device, num_classes=cfg512.num_classes))
                 for path in request.getfixturevalue("om_paths")]
     if route == "onnxruntime-cann":
-        from m2det_impl.backends.onnxruntime_backend import onnxruntime_cann_backend
+        from m2det_impl.backends.ort.cann import onnxruntime_cann_backend
 
         request.getfixturevalue("cann_provider")
         device = request.getfixturevalue("davinci")

@@ -30,7 +30,7 @@ GATES = json.loads(GATES_FILE.read_text())["throughput"]
 
 def test_om_throughput_meets_published(om_paths, npu_runtime, device_id, golden_forward, published_name,
                                        record_property):
-    from m2det_impl.backends import OmBackend
+    from m2det_impl.backends.ascend import OmBackend
     from m2det_impl.environment import npu_info
 
     published = published_record(published_name, GATES["platform"])

@@ -16,18 +16,20 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from m2det_impl.errors import InputFileError, ModelOutputError
-from m2det_impl.network.export import (
-    GUIDE_BATCH_SIZES,
+from m2det_impl.backends.ascend.atc import (
     atc_census,
     atc_command,
-    check_output_contract,
-    export_onnx,
-    fold_static_shapes,
     load_atc_support,
     op_census,
     write_atc_script,
 )
+from m2det_impl.errors import InputFileError, ModelOutputError
+from m2det_impl.network.export import (
+    check_output_contract,
+    export_onnx,
+    fold_static_shapes,
+)
+from m2det_impl.published import GUIDE_BATCH_SIZES
 
 pytestmark = pytest.mark.cpu
 

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 
 from m2det_impl.backends.base import Backend
+from m2det_impl.backends.spec import ModelSpec
 from m2det_impl.cli.app import main
 from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.gating.bench import reference_postprocess_cases
 from m2det_impl.network.config import get_config
 from m2det_impl.pipeline.ais_files import scan_outputs
 from m2det_impl.resources import MINI_COCO
-from m2det_impl.workflows.models import ModelSpec
 from tests.oracles.ais_postprocess import read_ais_outputs
 
 pytestmark = pytest.mark.cpu
@@ -72,7 +72,7 @@ def inputs(tmp_path_factory):
 
 
 def _infer(monkeypatch, cases, inputs, out, *extra):
-    monkeypatch.setattr(ModelSpec, "create", lambda self, cfg, log=None: CasesBackend(cases))
+    monkeypatch.setattr(ModelSpec, "create", lambda self, cfg: CasesBackend(cases))
     assert main(["infer", "--inputs", str(inputs), "--output", str(out), "--batch-size", "2", "--quiet",
                  *extra]) == EXIT_OK
     folders = [p for p in out.iterdir() if p.is_dir()]

@@ -227,7 +227,7 @@ def test_image_ids_restrict_the_evaluation(tmp_path):
     assert only_first.ap == pytest.approx(1.0, abs=1e-12) and only_first.num_images == 1
 
 
-def test_evaluate_accepts_a_coco_object_and_a_path_and_does_not_mutate(tmp_path, capsys):
+def test_evaluate_accepts_a_coco_object_and_a_path_and_does_not_mutate(tmp_path, capsys, console):
     gt_path = _write(tmp_path, "gt.json", _gt([1], [(1, 1, (0, 0, 100, 100))]))
     results = [_result(1, (0, 0, 100, 62))]
     snapshot = json.loads(json.dumps(results))

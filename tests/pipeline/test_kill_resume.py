@@ -48,7 +48,7 @@ SIM_MS_PER_IMAGE = 600  # an image on ONNX Runtime here takes about 3 s: the sch
 
 
 def _command(model: List[str], out: Path, batch: int) -> List[str]:
-    return [sys.executable, "-m", "m2det_impl.cli", "run", *model, "--out", str(out),
+    return [sys.executable, "-m", "m2det_impl.cli", "run", *model, "--output", str(out),
             "--limit", str(LIMIT), "--batch-size", str(batch), "--quiet", "--no-report"]
 
 

@@ -15,6 +15,7 @@ checkpoint and COCO and is ``slow``. Speed is never asserted here: the ratio is
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -24,11 +25,7 @@ from onnx import numpy_helper
 from support import conv_layers
 
 from m2det_impl.backends.cache import cache_dir, key_of
-from m2det_impl.cli import main
-from m2det_impl.errors import InputFileError, M2DetError
-from m2det_impl.exit_codes import EXIT_BAD_INPUT as EXIT_ERROR
-from m2det_impl.exit_codes import EXIT_OK
-from m2det_impl.precision.int8 import (
+from m2det_impl.backends.ort.int8 import (
     QUANT_OPSET,
     cached_int8,
     calibration_files,
@@ -36,8 +33,12 @@ from m2det_impl.precision.int8 import (
     int8_parts,
     to_quant_opset,
 )
+from m2det_impl.backends.spec import ModelSpec
+from m2det_impl.cli import main
+from m2det_impl.errors import InputFileError, M2DetError
+from m2det_impl.exit_codes import EXIT_BAD_INPUT as EXIT_ERROR
+from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.resources import GATES_FILE, MINI_COCO
-from m2det_impl.workflows.models import make_backend
 
 pytestmark = pytest.mark.cpu
 
@@ -56,7 +57,7 @@ def test_calibration_images_spread_evenly_over_the_bundled_set():
     assert calibration_files(MINI, 4) == picks
 
 
-def test_calibration_prefers_images_outside_the_scored_set(tmp_path):
+def test_calibration_prefers_images_outside_the_scored_set(tmp_path, caplog):
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)
     (root / "val2014").mkdir()
@@ -66,9 +67,9 @@ def test_calibration_prefers_images_outside_the_scored_set(tmp_path):
     scored = [{"id": i, "file_name": f.name, "width": 1, "height": 1} for i, f in enumerate(source[:2])]
     (root / "annotations" / "instances_minival2014.json").write_text(json.dumps({"images": scored}))
     assert [p.name for p in calibration_files(root, 3)] == [f.name for f in source[2:]]
-    said = []
-    overlapping = calibration_files(root, 4, log=said.append)
-    assert len(overlapping) == 4 and "flattered" in said[0]
+    with caplog.at_level(logging.WARNING, logger="m2det_impl"):
+        overlapping = calibration_files(root, 4)
+    assert len(overlapping) == 4 and "flattered" in caplog.records[0].getMessage()
 
 
 def test_calibration_errors_name_the_folder(tmp_path):
@@ -124,7 +125,7 @@ def test_opset_conversion_keeps_softmax11_semantics():
 def int8_record(request, cfg512):
     """The golden-weight int8 model, quantized once (shared cache, file lock)."""
     return cached_int8(cfg512, None, None, CALIB_IMAGES,
-                       model_factory=lambda: request.getfixturevalue("golden_model"), log=print)
+                       model_factory=lambda: request.getfixturevalue("golden_model"))
 
 
 def test_int8_model_is_per_channel_qdq_opset13_with_float_scores(int8_record, golden_model):
@@ -159,14 +160,14 @@ def test_int8_cache_is_reused(int8_record, cfg512):
 
 def test_int8_backend_refuses_a_float_model(golden_export, cfg512):
     with pytest.raises(M2DetError, match="not an int8 QDQ model"):
-        make_backend("onnxruntime-int8", cfg512, onnx_path=golden_export(None).path)
+        ModelSpec(backend="onnxruntime-int8", onnx=golden_export(None).path).create(cfg512)
 
 
 # ------------------------------------------------------------------ CLI
 def test_compare_int8_measures_and_reports_agreement(tmp_path, int8_record, golden_export, capsys,
                                                      record_property):
     code = main(["compare", "--int8", "--int8-onnx", str(int8_record.path), "--onnx", str(golden_export(None).path),
-                 "--limit", "2", "--out", str(tmp_path), "--quiet"])
+                 "--limit", "2", "--output", str(tmp_path), "--quiet"])
     assert code == EXIT_OK
     data = json.loads((tmp_path / "compare.json").read_text())
     assert data["kind"] == "int8" and data["images"] == 2
@@ -189,22 +190,22 @@ def test_compare_int8_measures_and_reports_agreement(tmp_path, int8_record, gold
 
 
 def test_export_int8_copies_the_cached_model(tmp_path, int8_record, capsys):
-    assert main(["export", "--int8", "--calib-images", str(CALIB_IMAGES), "--out-dir", str(tmp_path),
+    assert main(["export", "--int8", "--calib-images", str(CALIB_IMAGES), "--output", str(tmp_path),
                  "--quiet"]) == EXIT_OK
     out = capsys.readouterr().out
     path = tmp_path / "m2det512_int8.onnx"
     assert path.read_bytes() == int8_record.path.read_bytes() and "(cached)" in out and "opset 13" in out
     meta = json.loads((tmp_path / "m2det512_int8.json").read_text())
     assert len(meta["calibration_files"]) == CALIB_IMAGES and meta["float_ops"] == {"Softmax": 1}
-    assert main(["export", "--int8", "--batch", "1", "--out-dir", str(tmp_path)]) == EXIT_ERROR
+    assert main(["export", "--int8", "--batch", "1", "--output", str(tmp_path)]) == EXIT_ERROR
     assert "drop --batch" in capsys.readouterr().err
 
 
 def test_run_with_the_int8_backend_and_compare_the_run_folders(tmp_path, int8_record, golden_export, capsys):
     int8_run, fp32_run = tmp_path / "int8", tmp_path / "fp32"
     assert main(["run", "--backend", "onnxruntime-int8", "--calib-images", str(CALIB_IMAGES), "--limit", "1",
-                 "--out", str(int8_run), "--quiet", "--no-report"]) == EXIT_OK
-    assert main(["run", "--onnx", str(golden_export(None).path), "--limit", "1", "--out", str(fp32_run),
+                 "--output", str(int8_run), "--quiet", "--no-report"]) == EXIT_OK
+    assert main(["run", "--onnx", str(golden_export(None).path), "--limit", "1", "--output", str(fp32_run),
                  "--quiet", "--no-report"]) == EXIT_OK
     summary = json.loads((int8_run / "summary.json").read_text())
     assert summary["identity"]["backend"] == "onnxruntime-int8"
@@ -236,8 +237,8 @@ def test_int8_ap_within_one_point_of_float32(weights_path, coco_root, cfg512, re
     """minival2014 (5000 images), batch 1: about 4 hours for float32 and 2 for
     int8 on 2 cores; both runs are journaled and resume. The float32 journal is
     the one tests/hardware/test_accuracy.py keeps, so either test reuses the other's."""
-    from m2det_impl.backends import OnnxRuntimeBackend
     from m2det_impl.backends.cache import cached_onnx
+    from m2det_impl.backends.ort import OnnxRuntimeBackend
     from m2det_impl.network.model import weights_tag
     from m2det_impl.pipeline.coco import category_ids, evaluate, load_annotations
     from m2det_impl.pipeline.dataset import coco_records, find_annotation_file
@@ -248,9 +249,9 @@ def test_int8_ap_within_one_point_of_float32(weights_path, coco_root, cfg512, re
     annotations = find_annotation_file(coco_root)
     records = coco_records(annotations, coco_root / "val2014")
     gt = load_annotations(annotations)
-    int8 = cached_int8(cfg512, weights_path, coco_root, gate["calibration_images"], progress=True, log=print)
+    int8 = cached_int8(cfg512, weights_path, coco_root, gate["calibration_images"], progress=True)
     aps = {}
-    for name, path, tag in (("float32", cached_onnx(cfg512, weights_path, log=print),
+    for name, path, tag in (("float32", cached_onnx(cfg512, weights_path),
                              f"onnxruntime-{weights_tag(weights_path)}"),
                             ("int8", int8.path, f"int8-{int8.path.parent.name}")):
         store = PartialStore(cache_dir() / "accuracy-runs" / f"{tag}-bs1.jsonl",

@@ -265,7 +265,7 @@ def test_compare_emulate_cli_with_mixed_precision(tmp_path, golden_export, capsy
     onnx_path = golden_export(None).path
     code = main(["compare", "--emulate", "fp16", "--precision-mode", "allow_mix_precision", "--keep-fp32",
                  "/conf.0/Conv", "--keep-fp32", "Softmax", "--no-layers", "--limit", "1", "--onnx", str(onnx_path),
-                 "--out", str(tmp_path), "--quiet"])
+                 "--output", str(tmp_path), "--quiet"])
     assert code == EXIT_OK
     data = json.loads((tmp_path / "compare.json").read_text())
     assert data["kind"] == "fp16-forecast" and data["plan"]["mode"] == "allow_mix_precision"
@@ -286,10 +286,10 @@ def test_compare_emulate_cli_with_mixed_precision(tmp_path, golden_export, capsy
 
 
 def test_compare_cli_errors_are_one_line(tmp_path, golden_export, capsys):
-    assert main(["compare", "--out", str(tmp_path)]) == EXIT_ERROR
+    assert main(["compare", "--output", str(tmp_path)]) == EXIT_ERROR
     assert "--emulate fp16, or --int8" in capsys.readouterr().err
     assert main(["compare", "--emulate", "fp16", "--keep-fp32", "NoSuchOp", "--limit", "1", "--no-layers",
-                 "--onnx", str(golden_export(None).path), "--out", str(tmp_path), "--quiet"]) == EXIT_ERROR
+                 "--onnx", str(golden_export(None).path), "--output", str(tmp_path), "--quiet"]) == EXIT_ERROR
     err = capsys.readouterr().err
     assert "NoSuchOp" in err and "Conv" in err and "Traceback" not in err and len(err.strip().splitlines()) <= 3
 
@@ -329,7 +329,7 @@ def test_compare_cli_on_run_folders_reports_agreement_and_ap_change(tmp_path, ca
     assert "change **-1.50 points**" in out
     # two runs made apart: their speeds are shown as recorded, never as a paired ratio
     assert "not paired" in out and "alternating" not in out and "x**" not in out
-    assert main(["compare", str(cand), str(ref), "--max-ap-drop", "0.02", "--out", str(tmp_path / "o")]) == EXIT_OK
+    assert main(["compare", str(cand), str(ref), "--max-ap-drop", "0.02", "--output", str(tmp_path / "o")]) == EXIT_OK
     data = json.loads((tmp_path / "o" / "compare.json").read_text())
     strict, loose = data["detections"]["strict"], data["detections"]["object_level"]
     assert (strict["matched"], loose["matched"]) == (0, 2)   # of max(2, 3) = 3 detections

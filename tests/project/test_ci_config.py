@@ -260,7 +260,7 @@ def test_each_shard_runs_on_a_named_runner_and_keeps_its_folder_across_attempts(
         assert job["env"][var] == f"${{{{ vars.{var} }}}}"
     assert job["env"]["SHARD"] == "${{ matrix.shard }}/${{ needs.plan.outputs.count }}"
     (run,) = _step(job, contains="m2det run")
-    assert '--shard "$SHARD"' in run["run"] and '--out "$SHARD_DIR"' in run["run"]
+    assert '--shard "$SHARD"' in run["run"] and '--output "$SHARD_DIR"' in run["run"]
     (restore,) = _step(job, uses="actions/download-artifact")
     (upload,) = _step(job, uses="actions/upload-artifact")
     order = job["steps"].index

@@ -80,7 +80,7 @@ def test_export_help_runs_from_another_folder(installed, tmp_path):
 
 
 def test_run_on_the_bundled_set_from_another_folder(installed, tmp_path):
-    done = _run(installed, tmp_path, "run", "--limit", "2", "--out", "r", "--quiet")
+    done = _run(installed, tmp_path, "run", "--limit", "2", "--output", "r", "--quiet")
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["num_images"] == 2 and "bundled mini COCO" in summary["dataset"]

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from m2det_impl.backends.registry import backend_names
+from m2det_impl.backends.registry import runtime_names
 from m2det_impl.cli.common import (
     add_dataset_options,
     add_host_option,
     add_model_options,
     config_from,
     dataset_from,
-    echo,
     int_list,
-    log,
     model_from,
     positive_int,
 )
@@ -36,7 +34,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loader-threads", type=positive_int, default=2, help="image decoding threads (default 2)")
     add_host_option(p)
     p.add_argument("--output", default="m2det-bench", help="folder for bench.json and bench.md")
-    p.add_argument("--versus", choices=backend_names(),
+    p.add_argument("--versus", choices=runtime_names(),
                    help="also measure this backend's pure inference side by side (repeats alternating) and print "
                         "the speed ratio, e.g. --versus onnxruntime-int8")
     p.add_argument("--versus-onnx", metavar="PATH", help="ONNX model for --versus (default: cached, as --onnx)")
@@ -54,4 +52,4 @@ def run(args) -> int:
     return bench(dataset_from(args), config_from(args), model_from(args), args.output, batch_sizes=args.batch_sizes,
                  warmup=args.warmup, repeats=args.repeats, host_images=args.host_images,
                  end_to_end=not args.no_end_to_end, loader_threads=args.loader_threads, host=args.host,
-                 versus=versus, published=args.published, echo=echo, log=log)
+                 versus=versus, published=args.published)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from m2det_impl.cli.common import echo
+from m2det_impl.cli.common import add_output_option, echo
 from m2det_impl.errors import UsageError
 from m2det_impl.exit_codes import EXIT_OK
 
@@ -26,7 +26,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-detections", action="store_true", help="raw-output statistics only")
     p.add_argument("--golden-forward", help="the reference's outputs for saved runs of the golden images "
                                             "(fixtures/golden/forward_m2det512.npz in a source checkout)")
-    p.add_argument("--out", default="results.json", help="results file to write (default results.json)")
+    add_output_option(p, "results file to write (default results.json)", default="results.json", old_names=("--out",))
 
 
 def run(args) -> int:
@@ -39,7 +39,7 @@ def run(args) -> int:
         if not sep or not name or not path:
             raise UsageError(f"--ap wants NAME=SUMMARY.json, got {item!r}")
         scored.append((name, path))
-    out = ensure_output_file(args.out)
+    out = ensure_output_file(args.output)
     data = collect_results(args.run or [], args.bench or [], args.saved_runs, args.annotations, scored=scored,
                            precision=args.precision, platform=args.platform, notes=args.note or [],
                            detections=not args.no_detections, golden_forward=args.golden_forward)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from m2det_impl.backends.registry import DEFAULT_RUNTIME
 from m2det_impl.cli.common import (
     add_calibration_options,
     add_dataset_options,
     add_model_options,
+    add_output_option,
     config_from,
     dataset_from,
-    echo,
-    log,
     model_from,
     positive_int,
 )
@@ -53,7 +53,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pair", help="tolerance key, default '<candidate backend>/<reference backend>'")
     g.add_argument("--tolerances", help="tolerance file (default: the package's data/tolerances.json)")
     g.add_argument("--no-detections", action="store_true", help="raw outputs only")
-    p.add_argument("--out", help="folder for compare.json, compare.md and keep_dtype.cfg (default ./m2det-compare; "
+    add_output_option(p, old_names=("--out",), help_text="folder for compare.json, compare.md and keep_dtype.cfg (default ./m2det-compare; "
                                  "for two run folders: only when given)")
     p.add_argument("--max-ap-drop", type=float, metavar="X", help="exit 1 when the candidate's AP@[.50:.95] is "
                                                                   "more than X below the reference's (0.01 = 1 point)")
@@ -71,11 +71,11 @@ def run(args) -> int:
     if args.runs:
         if len(args.runs) != 2:
             raise UsageError(f"compare takes two runs, CANDIDATE REFERENCE; got {len(args.runs)}")
-        return compare_two_runs(args.runs[0], args.runs[1], cfg, out=args.out, pair=args.pair,
+        return compare_two_runs(args.runs[0], args.runs[1], cfg, out=args.output, pair=args.pair,
                                 tolerances=args.tolerances, detections=not args.no_detections,
-                                max_ap_drop=args.max_ap_drop, echo=echo, log=log)
+                                max_ap_drop=args.max_ap_drop)
     return compare_precision("fp16" if args.emulate else "int8", dataset_from(args), cfg,
-                             model_from(args, backend="onnxruntime"), args.out or "m2det-compare",
+                             model_from(args, backend=DEFAULT_RUNTIME), args.output or "m2det-compare",
                              int8_onnx=args.int8_onnx, precision_mode=args.precision_mode, keep_fp32=args.keep_fp32,
                              layers=not args.no_layers, first=args.first, max_ap_drop=args.max_ap_drop,
-                             progress=not args.quiet, echo=echo, log=log)
+                             progress=not args.quiet)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from m2det_impl.cli.common import echo, log
-
 HELP = "ais_bench / benchmark output folders (BIN, NPY, TXT) -> COCO results JSON -> AP"
 
 
@@ -27,4 +25,4 @@ def run(args) -> int:
 
     return evaluate_outputs(args.outputs, args.annotations, get_config(args.size), args.results, args.summary,
                             image_info=args.image_info, skip_bad=args.skip_bad, min_ap=args.min_ap,
-                            progress=not args.quiet, echo=echo, log=log)
+                            progress=not args.quiet)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from m2det_impl.cli.common import add_calibration_options, add_model_options, config_from, echo, log, positive_int
+from m2det_impl.cli.common import (
+    add_calibration_options,
+    add_model_options,
+    add_output_option,
+    config_from,
+    positive_int,
+)
 from m2det_impl.errors import UsageError
 from m2det_impl.exit_codes import EXIT_OK
 
@@ -16,7 +22,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_model_options(p, backends=False)
     p.add_argument("--batch", type=positive_int, action="append",
                    help="static batch size, repeatable (one file each, for atc); omit for one dynamic-batch file")
-    p.add_argument("--out-dir", default=".", help="folder for m2det512[_bsB].onnx and atc_build.sh (default .)")
+    add_output_option(p, "folder for m2det512[_bsB].onnx and atc_build.sh (default .)", default=".",
+                      old_names=("--out-dir",))
     p.add_argument("--opset", type=int, default=11, help="ONNX opset (default 11, what CANN's atc takes)")
     p.add_argument("--soc-version", default="Ascend310P3", help="atc --soc_version in atc_build.sh (default Ascend310P3)")
     g = p.add_argument_group("int8 (ONNX Runtime on the CPU)")
@@ -33,9 +40,9 @@ def run(args) -> int:
         if args.batch:
             raise UsageError("--int8 makes one dynamic-batch QDQ model for ONNX Runtime; atc does not take it "
                              "(Ascend quantizes with its own AMCT tool): drop --batch")
-        export_int8(cfg, args.out_dir, weights=args.weights, calib=args.calib, calib_images=args.calib_images,
-                    progress=not args.quiet, echo=echo, log=log)
+        export_int8(cfg, args.output, weights=args.weights, calib=args.calib, calib_images=args.calib_images,
+                    progress=not args.quiet)
     else:
-        export(cfg, args.out_dir, weights=args.weights, batches=args.batch or (), opset=args.opset,
-               soc_version=args.soc_version, echo=echo, log=log)
+        export(cfg, args.output, weights=args.weights, batches=args.batch or (), opset=args.opset,
+               soc_version=args.soc_version)
     return EXIT_OK

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from m2det_impl.cli.common import add_model_options, config_from, echo, log, model_from
+from m2det_impl.cli.common import add_model_options, config_from, model_from
 from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.pipeline.ais_files import OUTPUT_FORMATS
 
@@ -29,6 +29,5 @@ def run(args) -> int:
     from m2det_impl.workflows.files import infer
 
     infer(args.inputs, config_from(args), model_from(args), args.output, batch_size=args.batch_size,
-          naming=args.naming, output_dirname=args.output_dirname, outfmt=args.outfmt, progress=not args.quiet,
-          echo=echo, log=log)
+          naming=args.naming, output_dirname=args.output_dirname, outfmt=args.outfmt, progress=not args.quiet)
     return EXIT_OK

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from m2det_impl.cli.common import echo, log, positive_int
+from m2det_impl.cli.common import positive_int
 
 HELP = "combine the results of m2det run --shard I/N and score them"
 
@@ -24,4 +24,4 @@ def run(args) -> int:
     from m2det_impl.workflows.evaluate import merge_shards
 
     return merge_shards(args.shards, args.results, args.summary, annotations=args.annotations, limit=args.limit,
-                        partial=args.partial, min_ap=args.min_ap, echo=echo, log=log)
+                        partial=args.partial, min_ap=args.min_ap)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from m2det_impl.cli.common import add_dataset_options, dataset_from, echo, positive_int
+from m2det_impl.cli.common import add_dataset_options, dataset_from, positive_int
 
 HELP = "images -> .bin inputs and the guide's bin/jpg info files"
 
@@ -23,4 +23,4 @@ def run(args) -> int:
     from m2det_impl.workflows.files import preprocess
 
     return preprocess(dataset_from(args), get_config(args.size), args.output, info_name=args.info_name,
-                      workers=args.workers, progress=not args.quiet, echo=echo)
+                      workers=args.workers, progress=not args.quiet)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from m2det_impl.cli.common import log
+from m2det_impl.cli.common import add_output_option
 
 HELP = ("compare current results with a baseline under the baseline's one-sided rules; "
         "exit 1 on a regression, 4 when machine or workload differ (not gated)")
@@ -14,7 +14,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     """The options of ``m2det regress``."""
     p.add_argument("--baseline", required=True, help="baseline file (the package's data/baselines/<platform>.json)")
     p.add_argument("--current", required=True, help="results file written by m2det collect")
-    p.add_argument("--out", help="folder for regress.json and regress.md (default: the current file's folder)")
+    add_output_option(p, "folder for regress.json and regress.md (default: the current file's folder)",
+                      old_names=("--out",))
     p.add_argument("--allow-other-machine", action="store_true",
                    help="gate even though the baseline was measured on another machine (still warns)")
     p.add_argument("--allow-other-workload", action="store_true",
@@ -26,5 +27,5 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from m2det_impl.gating.regress import run_regress
 
-    return run_regress(args.baseline, args.current, args.out, allow_other_machine=args.allow_other_machine,
-                       allow_other_workload=args.allow_other_workload, update=args.update, log=log)
+    return run_regress(args.baseline, args.current, args.output, allow_other_machine=args.allow_other_machine,
+                       allow_other_workload=args.allow_other_workload, update=args.update)

@@ -8,10 +8,9 @@ from m2det_impl.cli.common import (
     add_dataset_options,
     add_host_option,
     add_model_options,
+    add_output_option,
     config_from,
     dataset_from,
-    echo,
-    log,
     model_from,
     positive_int,
 )
@@ -23,7 +22,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     """The options of ``m2det run``."""
     add_dataset_options(p)
     add_model_options(p)
-    p.add_argument("--out", default="m2det-run", help="output folder (default ./m2det-run)")
+    add_output_option(p, "output folder (default ./m2det-run)", default="m2det-run", old_names=("--out",))
     p.add_argument("--shard", help="I/N: process every N-th image from I; combine with m2det merge")
     p.add_argument("--fresh", action="store_true", help="ignore partial results from an interrupted run")
     p.add_argument("--skip-bad", action="store_true", help="record unreadable images and go on")
@@ -36,6 +35,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from m2det_impl.workflows.run import run
 
-    return run(dataset_from(args), config_from(args), model_from(args), args.out, batch_size=args.batch_size,
+    return run(dataset_from(args), config_from(args), model_from(args), args.output, batch_size=args.batch_size,
                shard=args.shard, fresh=args.fresh, skip_bad=args.skip_bad, loader_threads=args.loader_threads,
-               host=args.host, report=not args.no_report, min_ap=args.min_ap, progress=not args.quiet, echo=echo, log=log)
+               host=args.host, report=not args.no_report, min_ap=args.min_ap, progress=not args.quiet)

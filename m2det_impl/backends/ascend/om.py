@@ -28,9 +28,8 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from m2det_impl.backends.base import Backend, Outputs
 from m2det_impl.errors import BackendUnavailableError, InputFileError, ModelOutputError, UsageError
-
-from .base import Backend, Outputs
 
 __all__ = [
     "OmBackend",

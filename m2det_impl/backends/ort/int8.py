@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +39,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from m2det_impl._io import PathLike
+from m2det_impl._io import PathLike, atomic_write_json
 from m2det_impl.backends.cache import cached_export, cached_file, export_key
 from m2det_impl.errors import InputFileError, M2DetError, UsageError
+from m2det_impl.logs import get_logger
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.network.model import weights_tag
 
 __all__ = [
+    "write_int8_model",
     "DEFAULT_CALIBRATION_IMAGES",
     "QUANT_OPSET",
     "QUANT_SETTINGS",
@@ -58,6 +61,8 @@ __all__ = [
     "check_int8_model",
     "to_quant_opset",
 ]
+
+logger = get_logger(__name__)
 
 #: Calibration images when none are given (MinMax settles after a few dozen).
 DEFAULT_CALIBRATION_IMAGES = 16
@@ -79,8 +84,7 @@ def _images_in(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
 
 
-def calibration_files(source: Optional[PathLike] = None, count: int = DEFAULT_CALIBRATION_IMAGES,
-                      log: Optional[Callable[[str], None]] = None) -> List[Path]:
+def calibration_files(source: Optional[PathLike] = None, count: int = DEFAULT_CALIBRATION_IMAGES) -> List[Path]:
     """``count`` images from ``source``, evenly spread over its sorted files.
 
     ``source`` is a folder of images or a COCO root (images in ``val2014/``);
@@ -111,8 +115,8 @@ def calibration_files(source: Optional[PathLike] = None, count: int = DEFAULT_CA
         outside = [f for f in files if f.stem not in scored]
         if len(outside) >= count:
             files = outside
-        elif log is not None:
-            log(f"calibrating on images that {annotations.name} also scores ({len(outside)} of {len(files)} "
+        else:
+            logger.warning(f"calibrating on images that {annotations.name} also scores ({len(outside)} of {len(files)} "
                 f"images in {folder} lie outside it, {count} needed): the AP of the int8 model is flattered")
     if len(files) < count:
         raise InputFileError(folder, f"{len(files)} calibration images here, {count} asked for")
@@ -176,7 +180,7 @@ def to_quant_opset(model):
 
 
 def quantize_onnx(fp32_path: PathLike, out_path: PathLike, calibration: Sequence[Path], cfg: M2DetConfig,
-                  progress: bool = False, log: Optional[Callable[[str], None]] = None) -> Path:
+                  progress: bool = False) -> Path:
     """Quantize the float32 model at ``fp32_path`` (converted to opset 13 when
     older) to ``out_path`` (QDQ, :data:`QUANT_SETTINGS`), calibrated on
     ``calibration`` images.
@@ -201,8 +205,7 @@ def quantize_onnx(fp32_path: PathLike, out_path: PathLike, calibration: Sequence
     input_name = model.graph.input[0].name
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    if log is not None:
-        log(f"quantizing {fp32_path.name} to int8 (QDQ, per-channel weights, opset {QUANT_OPSET}), calibrating on "
+    logger.info(f"quantizing {fp32_path.name} to int8 (QDQ, per-channel weights, opset {QUANT_OPSET}), calibrating on "
             f"{len(calibration)} images ...")
     root_logger = logging.getLogger()
     level = root_logger.level
@@ -297,23 +300,22 @@ def int8_parts(fp32_key: str, calibration: Sequence[Path]) -> Dict[str, object]:
 
 def cached_int8(cfg: M2DetConfig, weights: Optional[PathLike] = None, calib: Optional[PathLike] = None,
                 calib_images: int = DEFAULT_CALIBRATION_IMAGES, salt: int = 0,
-                model_factory: Optional[Callable[[], object]] = None, progress: bool = False,
-                log: Optional[Callable[[str], None]] = None) -> Int8Record:
+                model_factory: Optional[Callable[[], object]] = None, progress: bool = False) -> Int8Record:
     """The int8 model of ``weights`` (golden weights by default) calibrated on
     ``calib_images`` images of ``calib`` (default: the bundled mini COCO set),
     quantized at most once across processes (the one model cache,
     :func:`m2det_impl.backends.cache.cached_file`)."""
-    files = calibration_files(calib, calib_images, log=log)
-    source = cached_export(cfg, weights, None, salt=salt, model_factory=model_factory, log=log)
+    files = calibration_files(calib, calib_images)
+    source = cached_export(cfg, weights, None, salt=salt, model_factory=model_factory)
     fp32_key, _ = export_key(cfg, weights_tag(weights, salt), None, 11)
 
     def build(path: Path) -> Dict[str, object]:
-        quantize_onnx(source.path, path, files, cfg, progress=progress, log=log)
+        quantize_onnx(source.path, path, files, cfg, progress=progress)
         return {"calibration_files": [str(f) for f in files], "size": cfg.size, "weights": weights_tag(weights, salt)}
 
-    record = cached_file("int8", int8_parts(fp32_key, files), f"m2det{cfg.size}_int8.onnx", build, log=log)
-    if log is not None and not record.reused:
-        log(f"quantized in {record.seconds:.1f} s: {record.path} ({record.bytes / 1e6:.0f} MB)")
+    record = cached_file("int8", int8_parts(fp32_key, files), f"m2det{cfg.size}_int8.onnx", build)
+    if not record.reused:
+        logger.info(f"quantized in {record.seconds:.1f} s: {record.path} ({record.bytes / 1e6:.0f} MB)")
     return Int8Record(record.path, record.seconds, record.bytes, record.reused,
                       tuple(record.info.get("calibration_files", [])), source.path)
 
@@ -328,3 +330,28 @@ def check_int8_model(path: PathLike) -> Path:
         raise M2DetError(f"{path}: not an int8 QDQ model (no DequantizeLinear nodes): make one with "
                          "m2det export --int8 --calib DIR")
     return path
+
+
+def write_int8_model(cfg: M2DetConfig, out_dir: Path, *, weights: Optional[PathLike] = None,
+                     calib: Optional[PathLike] = None, calib_images: int = DEFAULT_CALIBRATION_IMAGES,
+                     progress: bool = False) -> Tuple[Path, List[str]]:
+    """``m2det export --int8``'s file: the cached int8 model copied to ``out_dir`` with its
+    description (``.json``) beside it; returns the path and the lines to show the user."""
+    record = cached_int8(cfg, weights, calib, calib_images, progress=progress)
+    path = Path(out_dir) / f"m2det{cfg.size}_int8.onnx"
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.copyfile(record.path, tmp)
+    tmp.replace(path)
+    info = describe_int8(path)
+    atomic_write_json(path.with_suffix(".json"), {**info, "calibration_files": list(record.calibration),
+                                                  "quantize_seconds": record.seconds, "fp32_source": str(record.source),
+                                                  "weights": None if weights is None else str(weights)}, indent=1)
+    lines = [
+        f"{path}: int8 QDQ (opset {info['opset']}, {info['per_channel_weights']} per-channel weight tensors, "
+        f"{info['quantize_linear']} QuantizeLinear; kept float: {info['float_ops'] or 'none'}), "
+        f"{info['bytes'] / 1e6:.1f} MB; quantized in {record.seconds:.1f} s" + (" (cached)" if record.reused else ""),
+        f"calibrated on {len(record.calibration)} images: " + ", ".join(Path(f).name for f in record.calibration),
+        f"run it: m2det run --onnx {path}   (or --backend onnxruntime-int8); "
+        f"against float32: m2det compare --int8 --int8-onnx {path}",
+    ]
+    return path, lines

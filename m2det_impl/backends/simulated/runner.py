@@ -18,15 +18,15 @@ makes it a fast stand-in for pipeline tests too. Its execute time
 from __future__ import annotations
 
 import ctypes
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 
 from m2det_impl.backends.base import Backend, Outputs
 from m2det_impl.errors import UsageError
-from m2det_impl.resources import POSTPROCESS_CASES_FILE
+from m2det_impl.pipeline.reference_cases import reference_outputs
 
-__all__ = ["SimulatedNpuBackend", "hold_gil_sleep", "reference_outputs", "DEFAULT_MS_PER_IMAGE", "REFERENCE_SIZE"]
+__all__ = ["SimulatedNpuBackend", "hold_gil_sleep", "DEFAULT_MS_PER_IMAGE", "REFERENCE_SIZE"]
 
 DEFAULT_MS_PER_IMAGE = 15.0  # a 310P3 at about 66 images/s (batch 4: 60 ms per batch)
 REFERENCE_SIZE = 512  # the reference cases are M2Det512 outputs (32760 priors, 81 classes)
@@ -46,20 +46,6 @@ def hold_gil_sleep(seconds: float) -> None:
         step = min(micros, 900_000)  # POSIX usleep takes < 1 s
         _LIBC.usleep(step)
         micros -= step
-
-
-def reference_outputs() -> List[Tuple[np.ndarray, np.ndarray]]:
-    """(scores [P, C], loc [P, 4]) of the reference's post-processing cases
-    (package data): raw outputs shaped like a trained M2Det512's."""
-    cases = []
-    with np.load(POSTPROCESS_CASES_FILE) as data:
-        k = 0
-        while f"loc_{k}" in data:
-            scores = np.zeros((data[f"loc_{k}"].shape[0], 81), np.float32)
-            scores[data[f"scores_rows_{k}"], data[f"scores_cols_{k}"]] = data[f"scores_vals_{k}"]
-            cases.append((scores, data[f"loc_{k}"]))
-            k += 1
-    return cases
 
 
 class SimulatedNpuBackend(Backend):

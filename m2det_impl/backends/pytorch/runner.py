@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Backend, Outputs
+from m2det_impl.backends.base import Backend, Outputs
 
 __all__ = [
     "TorchBackend",

@@ -1,0 +1,62 @@
+"""The Ascend runtime: an atc-built ``.om`` through ``aclruntime``/``ais_bench``
+(:mod:`.om`), and its build step, ``atc`` (:mod:`.atc`: the op census, the
+command lines, the build script)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Sequence
+
+from m2det_impl.backends.registry import Runtime, register
+from m2det_impl.errors import BackendUnavailableError, InputFileError
+
+from .om import INSTALL_HINT, OmBackend, map_om_outputs
+
+__all__ = ["OmBackend", "map_om_outputs", "INSTALL_HINT", "OM", "check_om_runtime"]
+
+_OM_RUNTIMES = ("ais_bench.infer.interface", "aclruntime")
+
+
+def check_om_runtime(modules: Sequence[str] = _OM_RUNTIMES) -> str:
+    """The name of the first importable Ascend runtime, or
+    :class:`BackendUnavailableError` saying what to install.
+
+    Importing is what :class:`OmBackend` does later, so a runtime that imports
+    here but is broken (no CANN libraries) fails there, still before any image
+    is processed.
+    """
+    errors = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+            return name
+        except Exception as exc:  # noqa: BLE001 - a half-installed SDK raises more than ImportError
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+    raise BackendUnavailableError(f"{INSTALL_HINT} ({'; '.join(errors)})")
+
+
+def _preflight(spec) -> None:
+    if spec.om is None:
+        raise InputFileError(None, f"the {OM.name} backend needs an .om model: give --om PATH")
+    check_om_runtime()
+
+
+def _after_export(files, out_dir, **options):
+    from .atc import write_build_files
+
+    return write_build_files(files, out_dir, **options)
+
+
+def _build(spec, cfg):
+    if spec.om is None:
+        raise InputFileError(None, f"the {OM.name} backend needs an .om model: give --om PATH")
+    return OmBackend(Path(spec.om), device_id=spec.device_id)
+
+
+OM = register(Runtime(
+    name="om", device="npu", description="an atc-built .om on an Ascend NPU through aclruntime / ais_bench",
+    build=_build, install_hint=INSTALL_HINT, module="aclruntime", distributions=("aclruntime", "ais_bench"),
+    model_files=frozenset({"om"}), preflight=_preflight, after_export=_after_export,
+    precision="fp16",  # atc's default --precision_mode force_fp16
+))

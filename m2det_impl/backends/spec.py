@@ -1,0 +1,90 @@
+"""What a job runs: the runtime's name and the model files it needs, as one value.
+
+The jobs layer builds a :class:`ModelSpec` from its options and hands it
+here; the runtime's registered entry (:mod:`m2det_impl.backends.registry`)
+turns it into a backend. Nothing above this module looks at the runtime's
+name.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, Optional
+
+from m2det_impl._io import PathLike
+from m2det_impl.backends.registry import DEFAULT_RUNTIME, Runtime, runtime
+
+if TYPE_CHECKING:
+    from m2det_impl.backends.base import Backend
+    from m2det_impl.network.config import M2DetConfig
+
+__all__ = ["GOLDEN_WARNING", "ModelSpec", "warn_golden"]
+
+logger = logging.getLogger(__name__)
+
+GOLDEN_WARNING = (
+    "WARNING: no --weights given: using the deterministic GOLDEN weights (random, salt 0).\n"
+    "WARNING: the pipeline is real, the AP is MEANINGLESS. Pass --weights m2det512_vgg.pth for a real score."
+)
+
+
+def warn_golden() -> None:
+    """Say loudly, once per job, that the numbers come from untrained weights."""
+    logger.warning(GOLDEN_WARNING)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a job runs: the backend's name and the files it needs."""
+
+    backend: str = DEFAULT_RUNTIME
+    weights: Optional[PathLike] = None
+    onnx: Optional[PathLike] = None
+    om: Optional[PathLike] = None
+    device_id: int = 0
+    threads: Optional[int] = None
+    calib: Optional[PathLike] = None
+    calib_images: Optional[int] = None
+    sim_ms_per_image: float = 15.0  # simulated device time per image
+
+    @property
+    def runtime(self) -> Runtime:
+        """The registered entry of :attr:`backend`."""
+        return runtime(self.backend)
+
+    @property
+    def golden(self) -> bool:
+        """True when the run uses golden (untrained) weights: the runtime loads a
+        checkpoint, none was given, and no ONNX file brings its own."""
+        return self.weights is None and self.runtime.loads_weights and not self.onnx
+
+    def preflight(self) -> None:
+        """Fail in the first second on what would otherwise fail after hours."""
+        from m2det_impl.backends.preflight import check_model_inputs
+
+        check_model_inputs(self)
+
+    def create(self, cfg: "M2DetConfig") -> "Backend":
+        """The backend, exporting or quantizing (once, cached) when needed."""
+        if self.golden:
+            warn_golden()
+        return self.runtime.build(self, cfg)
+
+    def identity(self, cfg: "M2DetConfig") -> Dict[str, object]:
+        """What decides a run's numbers, recorded with its results (a resumed run must match it)."""
+        from m2det_impl.network.model import weights_tag  # torch: imported when a run is set up, not with the package
+
+        model = self.om or self.onnx
+        ident: Dict[str, object] = {
+            "size": cfg.size,
+            "backend": self.backend,
+            "model": str(Path(model).resolve()) if model else None,
+            "weights": weights_tag(self.weights),
+            "test": dict(vars(cfg.test)),
+        }
+        extra = self.runtime.identity
+        if extra is not None:
+            ident.update(extra(self))
+        return ident

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["data_path", "read_data_json", "MINI_COCO", "TOLERANCES_FILE", "GATES_FILE", "PUBLISHED_FILE",
+__all__ = ["data_path", "read_data_json", "MINI_COCO", "TOLERANCES_FILE", "GATES_FILE",
            "ATC_OPS_FILE", "BASELINES_DIR", "POSTPROCESS_CASES_FILE"]
 
 
@@ -35,7 +35,6 @@ def read_data_json(*parts: str) -> Any:
 MINI_COCO = data_path("mini_coco")
 TOLERANCES_FILE = data_path("tolerances.json")
 GATES_FILE = data_path("gates.json")
-PUBLISHED_FILE = data_path("published.json")
 ATC_OPS_FILE = data_path("atc_opset11_ops.json")
 BASELINES_DIR = data_path("baselines")
 POSTPROCESS_CASES_FILE = data_path("postprocess_cases.npz")

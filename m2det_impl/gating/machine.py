@@ -20,7 +20,6 @@ from typing import Dict, Mapping, Optional
 __all__ = [
     "MACHINE_KEYS",
     "cpu_model",
-    "gpu_name",
     "machine_identity",
     "platform_name",
     "current_platform",
@@ -42,13 +41,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def gpu_name() -> Optional[str]:
-    """The first NVIDIA GPU's name (``Tesla T4``), or None without ``nvidia-smi``."""
-    from m2det_impl.environment import gpu_info
-
-    return gpu_info().get("gpu")
 
 
 def machine_identity(npu: Optional[Mapping[str, str]] = None,

@@ -1,6 +1,3 @@
-"""One function per job (run, evaluate, merge, export, preprocess, infer, bench, compare), explicit parameters."""
+"""One function per job (run, evaluate, merge, export, preprocess, infer, bench, compare), explicit parameters.
 
-from typing import Callable
-
-#: Where a job writes a line for its user: results to ``echo``, progress and failures to ``log``.
-Echo = Callable[[str], None]
+Jobs log through :mod:`m2det_impl.logs`; a job's results are records at its ``RESULT`` level."""

@@ -216,12 +216,17 @@ def test_noise_at_one_layer_and_after_is_named_first(tiny, tmp_path, capsys, rev
     k = 9
     faulty = device_values(tiny.emulated, tiny.image, tiny.layers, seed=2, fault=tiny.layers[k].tensor,
                            clean=tiny.clean)
+    late = tiny.layers[-2].tensor  # and a worse, unrelated fault further on: the FIRST is named, not the worst
+    faulty[late] = faulty[late] + np.random.default_rng(5).standard_normal(faulty[late].shape).astype(np.float32) * \
+        np.sqrt(np.mean(np.square(faulty[late])))
     write_layer_dumps(tmp_path / "dump", tiny.layers, faulty, reverse_time=reverse_time)
     assert drift_cli(tiny, tmp_path / "dump", tmp_path / "out") == EXIT_GATE_FAILED
     data = json.loads((tmp_path / "out" / "drift.json").read_text())
     assert data["first_divergent"]["node"] == tiny.layers[k].node
     verdicts = [n["passed"] for n in data["nodes"]]
     assert all(verdicts[:k]) and not verdicts[k] and data["out_of_bounds"] >= 2  # and it propagates
+    ratios = [n["rel_l2"] / n["bound"]["max"] for n in data["nodes"]]
+    assert int(np.argmax(ratios)) == len(tiny.layers) - 2  # the worst node is not the first divergent
     assert data["compared"] == len(tiny.layers)
     out = capsys.readouterr().out
     assert f"first divergent: {tiny.layers[k].node} " in out
@@ -311,7 +316,14 @@ def test_a_malformed_dump_file_is_refused_in_one_line(tiny, tmp_path, capsys, ca
 
 @pytest.mark.parametrize("case", ["int8 data", "FRACTAL_NZ format", "unnamed format", "shape vs size",
                                   "NC1HWC0 vs original shape"])
-def test_a_dumped_value_that_cannot_be_converted_is_refused_before_the_forward_passes(tiny, tmp_path, capsys, case):
+def test_a_dumped_value_that_cannot_be_converted_is_refused_before_the_forward_passes(tiny, tmp_path, capsys, case,
+                                                                                       monkeypatch):
+    import m2det_impl.precision.drift as drift_module
+
+    def no_forward_pass(*args, **kwargs):
+        raise AssertionError("the forward passes ran before the dump was checked")
+
+    monkeypatch.setattr(drift_module, "reference_run", no_forward_pass)
     layer = tiny.layers[2]
     value = tiny.clean[layer.tensor]
     tensor = Tensor.of(value, NC1HWC0, DT_FLOAT16, layer.node)
@@ -329,11 +341,10 @@ def test_a_dumped_value_that_cannot_be_converted_is_refused_before_the_forward_p
     else:
         tensor.original_shape = [1, value.shape[1] + 16, value.shape[2], value.shape[3]]
     path = write_dump(tmp_path / "dump", layer.op_type, layer.op_name, [tensor], task=1, timestamp=1)
-    started = time.perf_counter()
     assert drift_cli(tiny, tmp_path / "dump", tmp_path / "out") == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(path) in err and "output 0" in err and expected in err, err
-    assert not (tmp_path / "out" / "drift.json").exists() and time.perf_counter() - started < 30
+    assert not (tmp_path / "out" / "drift.json").exists()
 
 
 def test_bad_inputs_and_folders_are_refused_in_one_line(tiny, tmp_path, capsys):
@@ -361,6 +372,29 @@ def test_bad_inputs_and_folders_are_refused_in_one_line(tiny, tmp_path, capsys):
     write_dump(tmp_path / "two", "Add", "x", [Tensor.of(np.ones((1, 1, 1, 1)))], task=1, timestamp=2, iteration=1)
     assert drift_cli(tiny, tmp_path / "two", tmp_path / "out") == EXIT_BAD_INPUT
     assert "2 iterations or models" in capsys.readouterr().err
+
+
+def test_the_golden_runs_with_graph_optimisations_off_and_the_forecast_on_the_same_input(tiny, monkeypatch):
+    """No ONNX Runtime fusion may move a value the dump is compared with; the forecast sees the same image."""
+    import onnxruntime as ort
+
+    from m2det_impl.precision.drift import reference_run
+
+    made = []
+    real = ort.InferenceSession
+
+    def recording(model, sess_options=None, **kwargs):
+        made.append(None if sess_options is None else sess_options.graph_optimization_level)
+        return real(model, sess_options=sess_options, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    tensors = [layer.tensor for layer in tiny.layers]
+    reference = reference_run(tiny.model, tiny.image, tensors)
+    assert made[:2] == [ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL], made
+    golden = run_with_outputs(tiny.model, tiny.image, tensors)
+    for t in tensors:
+        np.testing.assert_allclose(reference.golden[t], golden[t], rtol=1e-5, atol=1e-4)
+        assert 0 < np.abs(reference.forecast[t] - golden[t]).max() < 0.05 * np.abs(golden[t]).max()
 
 
 # ------------------------------------------------------------------ bounds

@@ -200,11 +200,16 @@ def test_fusion_map_of_an_atc_json(tmp_path):
              {"key": "_datadump_origin_name", "value": {"s": "Relu_1"}},
              {"key": "_datadump_origin_output_index", "value": {"i": 0}}]}]},
         {"name": "trans_TransData_2", "type": "TransData", "output_desc": [{"attr": []}]},
+        {"name": "Split_4", "type": "SplitD", "output_desc": [{"attr": [
+            {"key": "_datadump_origin_name", "value": {"s": "Split_4"}}]}, {"attr": [
+            {"key": "_datadump_origin_name", "value": {"s": "Split_4"}},
+            {"key": "_datadump_origin_output_index", "value": {"i": 1}}]}]},
     ]}]}))
     ops = read_fusion_map(path)
     assert ops["Conv_0Relu_1"].original_names == ("Conv_0", "Relu_1")
     assert ops["Conv_0Relu_1"].outputs == (("Relu_1", 0),)
     assert ops["trans_TransData_2"].original_names == () and ops["trans_TransData_2"].outputs == (("", 0),)
+    assert ops["Split_4"].outputs == (("Split_4", 0), ("Split_4", 1))
     path.write_text(json.dumps({"op": []}))
     with pytest.raises(InputFileError, match="no 'graph' list"):
         read_fusion_map(path)

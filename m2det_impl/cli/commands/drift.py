@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from m2det_impl.cli.commands.compare import PRECISION_MODE_CHOICES
 from m2det_impl.cli.common import positive_int
 
-# atc --precision_mode values the fp16 forecast emulates (as in compare; building the parser imports no onnx)
-PRECISION_MODE_CHOICES = ("force_fp16", "allow_mix_precision", "must_keep_origin_dtype")
 HELP = ("where a 310P deployment drifts: the device's dump (ais_bench --dump) against ONNX Runtime float32, "
         "node by node, bounded by the fp16 forecast; names the first node out of bounds")
 

@@ -14,6 +14,7 @@ from m2det_impl.cli.commands import (
     bench,
     collect,
     compare,
+    drift,
     evaluate,
     export,
     infer,
@@ -27,6 +28,6 @@ from m2det_impl.cli.commands import (
 __all__ = ["MODULES", "COMMANDS"]
 
 #: command name -> its module, in the order ``m2det --help`` lists them.
-MODULES: Dict[str, ModuleType] = {m.__name__.rsplit(".", 1)[1]: m for m in (run, evaluate, merge, export, preprocess, infer, bench, report, compare, collect, regress)}
+MODULES: Dict[str, ModuleType] = {m.__name__.rsplit(".", 1)[1]: m for m in (run, evaluate, merge, export, preprocess, infer, bench, report, compare, drift, collect, regress)}
 #: command name -> the function the parser calls (looked up when the parser is built).
 COMMANDS: Dict[str, Callable[..., int]] = {name: module.run for name, module in MODULES.items()}

@@ -35,6 +35,7 @@ __all__ = [
     "runtimes",
     "runtime_names",
     "runtime_for_precision",
+    "runtime_with_dumps",
     "availability",
     "DEFAULT_RUNTIME",
 ]
@@ -65,7 +66,10 @@ class Runtime:
     beside the exported ONNX files (the Ascend entry: the atc census and
     ``atc_build.sh``) and returns lines for the user; a precision variant's
     ``export_model(cfg, out_dir, **options)`` writes its own model file
-    (int8: the quantized model) and returns its path and lines.
+    (int8: the quantized model) and returns its path and lines. A device
+    runtime that can dump every layer's output says how to read such a dump
+    (``read_dumps(folder)`` -> the files and their tensors) and the fusion map
+    of its compiled model (``read_fusion_map(path)``), for ``m2det drift``.
     """
 
     name: str
@@ -84,6 +88,8 @@ class Runtime:
     describe_model: Optional[Callable[[str], Mapping[str, object]]] = None
     after_export: Optional[Callable[..., List[str]]] = None
     export_model: Optional[Callable[..., Tuple[Path, List[str]]]] = None
+    read_dumps: Optional[Callable[[Path], Tuple[List[Path], list]]] = None
+    read_fusion_map: Optional[Callable[[Path], Mapping[str, object]]] = None
 
     @property
     def loads_weights(self) -> bool:
@@ -160,6 +166,19 @@ def runtime_for_precision(precision: str) -> Runtime:
     if len(found) != 1:
         raise UsageError(f"no single precision variant {precision!r} among the runtimes "
                          f"({', '.join(e.name for e in found) or 'none'})")
+    return found[0]
+
+
+def runtime_with_dumps(name: Optional[str] = None) -> Runtime:
+    """The runtime whose layer dumps ``m2det drift`` reads: ``name``, or the one registered runtime that reads dumps."""
+    if name is not None:
+        entry = runtime(name)
+        if entry.read_dumps is None:
+            raise UsageError(f"backend {name!r} has no layer dump to read")
+        return entry
+    found = [e for e in runtimes().values() if e.read_dumps is not None]
+    if len(found) != 1:
+        raise UsageError(f"name the runtime whose dump this is; these read dumps: {', '.join(e.name for e in found)}")
     return found[0]
 
 

@@ -29,14 +29,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
 
 from m2det_impl._io import PathLike
-from m2det_impl.backends.ascend.dump_format import DATA_TYPES, FORMATS, DumpFile, DumpTensor
-from m2det_impl.backends.ascend.om_json import FusedOp
 from m2det_impl.errors import InputFileError
 from m2det_impl.evaluation.metrics import output_metrics
 from m2det_impl.evaluation.tolerances import Bound
@@ -61,7 +59,7 @@ __all__ = [
     "drift_png",
 ]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DRIFT_BOUNDS_FILE = data_path("drift_bounds.json")
 
@@ -116,7 +114,7 @@ class Match:
     node_index: int  # position of the producer in the ONNX graph (graph order = execution order)
     op_type: str  # the producer's ONNX op type
     dump_op: str  # the device op's name
-    dump: DumpTensor
+    dump: Any  # a dumped tensor of the device runtime (backends.ascend.dump_format.DumpTensor)
     how: str  # "original_op" or "om-json"
 
 
@@ -147,8 +145,8 @@ def _graph_index(model: onnx.ModelProto) -> Tuple[Dict[str, Tuple[int, onnx.Node
     return by_name, by_value
 
 
-def align(dumps: Sequence[DumpFile], model: onnx.ModelProto,
-          fusion: Optional[Mapping[str, FusedOp]] = None) -> Tuple[List[Match], List[Unmatched]]:
+def align(dumps: Sequence[Any], model: onnx.ModelProto,
+          fusion: Optional[Mapping[str, Any]] = None) -> Tuple[List[Match], List[Unmatched]]:
     """Match every dumped output to an ONNX value; returns the matches in graph order and the rest.
 
     A value claimed by two dumped outputs is kept for the first in execution
@@ -287,7 +285,7 @@ def reference_run(model: onnx.ModelProto, image: np.ndarray, tensors: Sequence[s
     feed = {input_name: np.ascontiguousarray(image, dtype=np.float32)}
     names = list(dict.fromkeys(tensors))
     golden = _run(_with_outputs(model, names), feed, names, optimise=False, threads=threads)
-    log.info("golden run: %d values in %.1f s", len(names), time.perf_counter() - start)
+    logger.info("golden run: %d values in %.1f s", len(names), time.perf_counter() - start)
     predicted: Dict[str, np.ndarray] = {}
     if forecast:
         emulated, _plan = emulate_fp16(model, mode)
@@ -301,7 +299,7 @@ def reference_run(model: onnx.ModelProto, image: np.ndarray, tensors: Sequence[s
         values = _run(_with_outputs(emulated, wanted), feed, wanted, optimise=True, threads=threads)
         del emulated
         predicted = {t: values[s] for t, s in sources.items() if s and values[s].shape == golden[t].shape}
-        log.info("fp16 forecast (%s): %d values", mode, len(predicted))
+        logger.info("fp16 forecast (%s): %d values", mode, len(predicted))
     return Reference(golden, predicted, mode, time.perf_counter() - start)
 
 
@@ -329,7 +327,7 @@ class NodeDrift:
         m, d = self.match, self.match.dump
         return {"node": m.node, "op_type": m.op_type, "tensor": m.tensor, "depth": self.depth,
                 "dump_op": m.dump_op, "dump_file": d.path.name, "dump_output": d.index, "aligned_by": m.how,
-                "format": FORMATS.get(d.format, str(d.format)), "data_type": DATA_TYPES.get(d.data_type, str(d.data_type)),
+                "format": d.format_name, "data_type": d.data_type_name,
                 "cosine": _finite(self.cosine), "max_abs": _finite(self.max_abs), "max_rel": _finite(self.max_rel),
                 "rel_l2": _finite(self.rel_l2), "nonfinite": self.nonfinite,
                 "forecast": {"rel_l2": _finite(self.forecast_rel_l2), "cosine": _finite(self.forecast_cosine)},
@@ -433,7 +431,7 @@ def drift_markdown(report: DriftReport, png: Optional[str] = None) -> str:
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in report.nodes:
         d = n.match.dump
-        layout = f"{FORMATS.get(d.format, d.format)} {DATA_TYPES.get(d.data_type, d.data_type)}".replace("FORMAT_", "").replace("DT_", "")
+        layout = f"{d.format_name} {d.data_type_name}".replace("FORMAT_", "").replace("DT_", "")
         lines.append(f"| {n.depth} | `{n.match.node}` | {n.match.op_type} | `{n.match.dump_op}` | {layout} | "
                      f"{_g(n.cosine, 7)} | {_g(n.max_abs, 4)} | {_g(n.max_rel, 4)} | {_g(n.rel_l2, 4)} | "
                      f"{_g(n.bound.value, 4)} | {_g(n.forecast_rel_l2, 4)} | {'ok' if n.passed else '**OUT**'} |")
@@ -499,6 +497,6 @@ def drift_png(report: DriftReport, width: int = 900, height: int = 420) -> bytes
     return encoded.tobytes()
 
 
-def dumped_values(dumps: Iterable[DumpFile]) -> int:
+def dumped_values(dumps: Iterable[Any]) -> int:
     """How many outputs the dumps hold (compared or not)."""
     return sum(len(d.outputs) for d in dumps)

@@ -20,7 +20,7 @@ from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 
 __all__ = ["DriftOutcome", "drift"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,7 @@ def drift(onnx_path: PathLike, input_bin: PathLike, dump: PathLike, output: Path
     Exit code: 0 when every compared node is within its bound, 1 when one is
     not, or when nothing could be compared (a gate never passes unmeasured).
     """
-    from m2det_impl.backends.ascend.dump_format import find_dump_files, read_dumps
-    from m2det_impl.backends.ascend.om_json import read_fusion_map
+    from m2det_impl.backends.registry import runtime_with_dumps
     from m2det_impl.precision.drift import (
         DriftBounds,
         DriftReport,
@@ -80,11 +79,11 @@ def drift(onnx_path: PathLike, input_bin: PathLike, dump: PathLike, output: Path
     except ValueError as exc:
         raise InputFileError(model_path, str(exc)) from None
     image = read_input(input_bin, shape)
-    files = find_dump_files(dump)
-    dumps = read_dumps(files)
-    fusion = read_fusion_map(om_json) if om_json else None
+    device = runtime_with_dumps()
+    files, dumps = device.read_dumps(Path(dump))
+    fusion = device.read_fusion_map(Path(om_json)) if om_json else None
     matches, unmatched = align(dumps, model, fusion)
-    log.info("%d dump files, %d outputs aligned, %d not", len(files), len(matches), len(unmatched))
+    logger.debug("%d dump files, %d outputs aligned, %d not", len(files), len(matches), len(unmatched))
     for match in matches:  # a tensor that cannot be converted is refused before the forward passes
         match.dump.check()
     if matches:

@@ -1,6 +1,7 @@
 """The Ascend runtime: an atc-built ``.om`` through ``aclruntime``/``ais_bench``
-(:mod:`.om`), and its build step, ``atc`` (:mod:`.atc`: the op census, the
-command lines, the build script)."""
+(:mod:`.om`), its build step, ``atc`` (:mod:`.atc`: the op census, the
+command lines, the build script), and what the device writes when asked to
+dump every layer (:mod:`.dump_format`, :mod:`.om_json`, :mod:`.acl_json`)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,19 @@ def _after_export(files, out_dir, **options):
     return write_build_files(files, out_dir, **options)
 
 
+def _read_dumps(folder):
+    from .dump_format import find_dump_files, read_dumps
+
+    files = find_dump_files(folder)
+    return files, read_dumps(files)
+
+
+def _read_fusion_map(path):
+    from .om_json import read_fusion_map
+
+    return read_fusion_map(path)
+
+
 def _build(spec, cfg):
     if spec.om is None:
         raise InputFileError(None, f"the {OM.name} backend needs an .om model: give --om PATH")
@@ -59,4 +73,5 @@ OM = register(Runtime(
     build=_build, install_hint=INSTALL_HINT, module="aclruntime", distributions=("aclruntime", "ais_bench"),
     model_files=frozenset({"om"}), preflight=_preflight, after_export=_after_export,
     precision="fp16",  # atc's default --precision_mode force_fp16
+    read_dumps=_read_dumps, read_fusion_map=_read_fusion_map,
 ))

@@ -167,7 +167,6 @@ class DumpTensor:
     raw: bytes
 
     @property
-    @property
     def format_name(self) -> str:
         """The device layout's name (``FORMAT_NC1HWC0``), or its number when unknown."""
         return FORMATS.get(self.format, str(self.format))
@@ -177,6 +176,7 @@ class DumpTensor:
         """The data type's name (``DT_FLOAT16``), or its number when unknown."""
         return DATA_TYPES.get(self.data_type, str(self.data_type))
 
+    @property
     def where(self) -> str:
         return f"{self.kind} {self.index}"
 

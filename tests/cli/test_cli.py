@@ -304,6 +304,7 @@ def test_export_writes_static_onnx_and_atc_script(tmp_path, capsys):
     onnx_file = tmp_path / "m2det512_bs1.onnx"
     assert onnx_file.stat().st_size > 500e6 and "opset 11" in out and "violation" not in out
     script = (tmp_path / "atc_build.sh").read_text()
-    assert (f"atc --framework=5 --model={onnx_file} --input_format=NCHW --input_shape=image:1,3,512,512 "
-            f"--output={tmp_path / 'm2det512_bs1'} --log=error --soc_version=Ascend310P3") in script
+    assert ('atc --framework=5 --model="$HERE"/m2det512_bs1.onnx --input_format=NCHW '
+            '--input_shape=image:1,3,512,512 --output="$HERE"/m2det512_bs1 --log=error '
+            '--soc_version=Ascend310P3') in script
     assert "--out_nodes" not in script

@@ -8,8 +8,9 @@ export does not contain.
 from __future__ import annotations
 
 import os
+import shlex
 import stat
-from pathlib import Path
+import subprocess
 
 import numpy as np
 import onnx
@@ -224,7 +225,7 @@ def test_atc_script_covers_the_guides_batch_sizes(tmp_path):
     lines = script.read_text().splitlines()
     commands = [ln for ln in lines if ln.startswith("atc ")]
     assert [c.split("--input_shape=image:")[1].split(",")[0] for c in commands] == ["1", "4", "8", "16", "32"]
-    assert all(f"--model={files[b]}" in c for b, c in zip(GUIDE_BATCH_SIZES, commands))
+    assert all(f'--model="$HERE"/m2det512_bs{b}.onnx' in c for b, c in zip(GUIDE_BATCH_SIZES, commands))
     assert "set -euo pipefail" in lines
     assert script.stat().st_mode & stat.S_IXUSR
     with pytest.raises(ValueError, match="batch 4"):
@@ -232,11 +233,26 @@ def test_atc_script_covers_the_guides_batch_sizes(tmp_path):
     assert os.path.exists(script)
 
 
-def test_atc_script_holds_absolute_paths(tmp_path, monkeypatch):
-    """Written with relative paths from one folder, the script still works from any other."""
+def test_atc_script_finds_its_models_beside_itself_from_any_folder(tmp_path, monkeypatch):
+    """Issue 20: the models/ folder copied to the 310P host must build there, run from any working directory.
+    A stand-in ``atc`` on PATH records the model and output it was given; the folder is moved after writing."""
     monkeypatch.chdir(tmp_path)
-    script = write_atc_script("build.sh", {1: "m2det512_bs1.onnx"}, batches=(1,))
-    command = next(ln for ln in script.read_text().splitlines() if ln.startswith("atc "))
-    model = command.split("--model=")[1].split()[0]
-    output = command.split("--output=")[1].split()[0]
-    assert model == str(tmp_path / "m2det512_bs1.onnx") and Path(output).is_absolute()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m2det512_bs1.onnx").write_bytes(b"onnx")
+    write_atc_script("models/atc_build.sh", {1: "models/m2det512_bs1.onnx"}, batches=(1,))
+    moved = tmp_path / "elsewhere" / "models copy"
+    moved.parent.mkdir()
+    (tmp_path / "models").rename(moved)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "atc-args.txt"
+    (bin_dir / "atc").write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" >> {shlex.quote(str(record))}\n')
+    (bin_dir / "atc").chmod(0o755)
+    other = tmp_path / "somewhere-else"
+    other.mkdir()
+    done = subprocess.run(["bash", str(moved / "atc_build.sh")], cwd=other, capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    args = record.read_text().splitlines()
+    assert f"--model={moved / 'm2det512_bs1.onnx'}" in args
+    assert f"--output={moved / 'm2det512_bs1'}" in args

@@ -190,6 +190,15 @@ def atc_command(
     return shlex.join(atc_argv(onnx_path, batch, soc_version, output, size))
 
 
+def _from_script(path: Path, folder: Path) -> str:
+    """``path`` as a bash word relative to the script's own folder (``"$HERE"/name``),
+    so the script and its models travel together, whatever the working directory."""
+    import os
+
+    relative = os.path.relpath(path.resolve(), folder.resolve())
+    return '"$HERE"/' + shlex.quote(relative)
+
+
 def write_atc_script(
     path: PathLike,
     onnx_paths: Union[PathLike, Mapping[int, PathLike]],
@@ -200,20 +209,37 @@ def write_atc_script(
     """Write a bash script that builds one ``.om`` per batch size.
 
     ``onnx_paths`` is one ONNX file for all batches or ``{batch: file}`` (the
-    static exports ``atc`` digests best).
+    static exports ``atc`` digests best). The script finds the models (and
+    writes the ``.om`` files) relative to its own folder, so the folder copied
+    to the 310P host works there, run from any working directory.
     """
-    lines = ["#!/usr/bin/env bash", "# Builds one static-batch .om per batch size (m2det_impl.backends.ascend.atc).",
-             "set -euo pipefail"]
+    script = Path(path)
+    folder = script.resolve().parent
+    lines = ["#!/usr/bin/env bash",
+             "# Builds one static-batch .om per batch size (m2det_impl.backends.ascend.atc).",
+             "# The models are found beside this script: copy the folder anywhere, run it from anywhere.",
+             "set -euo pipefail",
+             'HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"']
     for b in batches:
         if isinstance(onnx_paths, Mapping):
             if b not in onnx_paths:
                 raise UsageError(f"no ONNX file given for batch {b} (have {sorted(onnx_paths)})")
-            src = onnx_paths[b]
+            src = Path(onnx_paths[b])
         else:
-            src = onnx_paths
-        # absolute paths: the script must work from any folder, not only where export ran
-        lines.append(atc_command(Path(src).resolve(), b, soc_version, size=size))
-    out = atomic_write_text(path, "\n".join(lines) + "\n")
+            src = Path(onnx_paths)
+        argv = atc_argv(src, b, soc_version, size=size)
+        model = next(a for a in argv if a.startswith("--model="))
+        output = next(a for a in argv if a.startswith("--output="))
+        words = []
+        for a in argv:
+            if a is model:
+                words.append("--model=" + _from_script(src, folder))
+            elif a is output:
+                words.append("--output=" + _from_script(Path(a.split("=", 1)[1]), folder))
+            else:
+                words.append(shlex.quote(a))
+        lines.append(" ".join(words))
+    out = atomic_write_text(script, "\n".join(lines) + "\n")
     out.chmod(0o755)
     return out
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 import numpy as np
 
@@ -30,6 +32,8 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "to_jsonable",
+    "atomic_output",
+    "atomic_copy",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -84,6 +88,29 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
         raise
     _fsync_folder(folder)
     return target
+
+
+@contextmanager
+def atomic_output(path: PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer this project does not control
+    (``onnx.save``, the quantizer, a copy): renamed over ``path`` when the block
+    ends normally, removed when it raises, so ``path`` is never a partial file.
+    The one place the temporary-then-rename dance is written for such writers."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_copy(source: PathLike, target: PathLike) -> Path:
+    """Copy ``source`` to ``target`` atomically (a reader never sees half a 530 MB model); returns the target."""
+    with atomic_output(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(target)
 
 
 def _write_error(target: Path, exc: OSError) -> OutputFileError:

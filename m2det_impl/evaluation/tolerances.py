@@ -18,7 +18,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from m2det_impl._io import PathLike, atomic_write_bytes, atomic_write_json
+from m2det_impl._io import PathLike, atomic_write_bytes, atomic_write_json, read_json_object
 from m2det_impl.errors import InputFileError, M2DetError, UsageError
 from m2det_impl.evaluation.agreement import DetectionAgreement, detection_agreement
 from m2det_impl.evaluation.metrics import OutputMetrics, compare_runs
@@ -168,13 +168,7 @@ class Tolerances:
     @classmethod
     def load(cls, path: PathLike = DEFAULT_TOLERANCES_FILE) -> "Tolerances":
         path = Path(path)
-        if not path.is_file():
-            raise InputFileError(path, "tolerance file not found")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise InputFileError(path, f"not valid JSON ({exc})") from None
-        return cls(data, str(path))
+        return cls(read_json_object(path, "tolerance file"), str(path))
 
     def entry(self, pair: str) -> Tuple[str, Dict[str, Dict[str, Bound]]]:
         """The key actually used for ``pair`` and its entry.
@@ -275,7 +269,7 @@ def load_run(path: PathLike) -> SavedRun:
     except (OSError, ValueError) as exc:
         raise InputFileError(path, f"not a readable .npz ({exc})") from None
     meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    meta = read_json_object(meta_path, "saved run description") if meta_path.is_file() else {}
     return SavedRun(path.stem, scores, loc, ids, sizes, meta)
 
 

@@ -16,7 +16,6 @@ detections), so a variant can be compared over all of minival2014.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from m2det_impl._io import PathLike
+from m2det_impl._io import PathLike, read_json_object
 from m2det_impl.errors import InputFileError, UsageError
 from m2det_impl.evaluation.agreement import DetectionAgreement, agreement_totals, match_detections
 from m2det_impl.evaluation.metrics import OutputMetrics, compare_runs, worst_per_output
@@ -200,10 +199,7 @@ def _summary(folder: Path) -> dict:
     path = folder / "summary.json"
     if not path.is_file():
         return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputFileError(path, f"not a readable run summary ({exc})") from None
+    return read_json_object(path, "run summary")
 
 
 def compare_result_folders(candidate: PathLike, reference: PathLike) -> VariantComparison:

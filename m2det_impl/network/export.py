@@ -22,7 +22,6 @@ The TorchScript exporter (``dynamo=False``) is used because it honours opset
 from __future__ import annotations
 
 import inspect
-import os
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Union
@@ -31,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from m2det_impl._io import PathLike
+from m2det_impl._io import PathLike, atomic_output
 from m2det_impl.errors import InputFileError, ModelOutputError, UsageError
 from m2det_impl.network.config import M2DetConfig
 
@@ -77,7 +76,6 @@ def export_onnx(
         raise UsageError(f"batch must be None (dynamic) or a positive int, got {batch!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     dummy = torch.zeros(batch or 1, 3, cfg.size, cfg.size, dtype=torch.float32)
     kwargs = dict(
         input_names=[INPUT_NAME],
@@ -92,25 +90,23 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript exporter announces its own deprecation; the
-            # warning says nothing about this graph.
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            torch.onnx.export(model, (dummy,), str(tmp), **kwargs)
-        proto = onnx.load(str(tmp))
-        if batch is not None:
-            proto = fold_static_shapes(proto)
-        _declare_output_shapes(proto, cfg)
-        _stamp(proto, cfg, batch, torch.__version__)
-        onnx.checker.check_model(proto)
-        check_output_contract(proto, cfg, batch, source=path)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            with torch.no_grad(), warnings.catch_warnings():
+                # The TorchScript exporter announces its own deprecation; the
+                # warning says nothing about this graph.
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                warnings.filterwarnings("ignore", category=FutureWarning)
+                torch.onnx.export(model, (dummy,), str(tmp), **kwargs)
+            proto = onnx.load(str(tmp))
+            if batch is not None:
+                proto = fold_static_shapes(proto)
+            _declare_output_shapes(proto, cfg)
+            _stamp(proto, cfg, batch, torch.__version__)
+            onnx.checker.check_model(proto)
+            check_output_contract(proto, cfg, batch, source=path)
+            onnx.save(proto, str(tmp))
     finally:
         model.train(was_training)
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -298,15 +298,17 @@ class HostProcesses:
         self._sources: Dict[int, tuple] = {}  # batch -> (sequence, scores, loc), alive until copied
         self._copier: Optional[Copier] = None
         self.closed = False
+        starting: List[_Worker] = []  # every worker spawned so far: a failure part-way kills exactly these
         try:
-            starting = [self._spawn("decode") for _ in range(max(1, decode_workers))]
-            starting += [self._spawn("post") for _ in range(max(1, post_workers))]
+            for kind, count in (("decode", decode_workers), ("post", post_workers)):
+                for _ in range(max(1, count)):
+                    starting.append(self._spawn(kind))
             for worker in starting:
                 self._await_ready(worker)
                 (self._decode if worker.kind == "decode" else self._post).append(worker)
             self._copier = Copier(OUTPUT_SLOTS)
         except BaseException:
-            for worker in locals().get("starting", []):
+            for worker in starting:
                 worker.process.kill()
                 worker.close()
             raise

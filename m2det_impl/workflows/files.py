@@ -7,12 +7,11 @@ writes, so the guide's own post-processing runs on it unchanged.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from m2det_impl._io import PathLike, ensure_output_folder
+from m2det_impl._io import PathLike, atomic_copy, ensure_output_folder
 from m2det_impl.backends.registry import runtimes
 from m2det_impl.backends.spec import ModelSpec, warn_golden
 from m2det_impl.errors import CheckpointError, InputFileError, UsageError
@@ -57,9 +56,7 @@ def export(cfg: M2DetConfig, out_dir: PathLike, *, weights: Optional[PathLike] =
     for batch in list(batches) or [None]:
         path = out_dir / (f"m2det{cfg.size}" + ("" if batch is None else f"_bs{batch}") + ".onnx")
         record = cached_export(cfg, weights, batch, opset, model_factory=model)
-        tmp = path.with_name(f".{path.name}.tmp")
-        shutil.copyfile(record.path, tmp)
-        tmp.replace(path)
+        atomic_copy(record.path, path)
         files[batch] = path
         kind = "dynamic batch" if batch is None else f"static batch {batch}"
         how = "from the export cache" if record.reused else "exported"

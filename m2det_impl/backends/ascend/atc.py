@@ -8,7 +8,6 @@ knows what ``atc`` takes and how it is called (docs/reference.md, section 9).
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Union
 import onnx
 from onnx import helper
 
-from m2det_impl._io import PathLike, atomic_write_text
+from m2det_impl._io import PathLike, atomic_write_text, read_json
 from m2det_impl.errors import InputFileError, UsageError
 from m2det_impl.network.export import INPUT_NAME, load_graph
 from m2det_impl.published import GUIDE_BATCH_SIZES
@@ -90,8 +89,8 @@ def load_atc_support(path: PathLike = DEFAULT_ATC_OPS_FILE) -> AtcSupport:
     path = Path(path)
     if not path.is_file():
         raise InputFileError(path, "atc op list not found (it ships inside the package as data/atc_opset11_ops.json: reinstall m2det-conformance)")
+    data = read_json(path, "atc op list")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
         return AtcSupport(int(data["opset"]), frozenset(data["ops"]), str(data["source"]), path)
     except (ValueError, KeyError, TypeError) as exc:
         raise InputFileError(path, f"not an atc op list ({type(exc).__name__}: {exc})") from None

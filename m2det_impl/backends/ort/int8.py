@@ -29,9 +29,6 @@ once; pruned after 14 days unused.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +36,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from m2det_impl._io import PathLike, atomic_write_json
+from m2det_impl._io import PathLike, atomic_copy, atomic_output, atomic_write_json, read_json_object
 from m2det_impl.backends.cache import cached_export, cached_file, export_key
 from m2det_impl.errors import InputFileError, M2DetError, UsageError
 from m2det_impl.logs import get_logger
@@ -110,8 +107,11 @@ def calibration_files(source: Optional[PathLike] = None, count: int = DEFAULT_CA
     except InputFileError:
         annotations = None
     if annotations is not None:
-        data = json.loads(annotations.read_text(encoding="utf-8"))
-        scored = {Path(str(e.get("file_name", ""))).stem for e in data.get("images", [])}
+        data = read_json_object(annotations, "COCO annotation file")
+        images = data.get("images", [])
+        if not isinstance(images, list) or not all(isinstance(e, dict) for e in images):
+            raise InputFileError(annotations, "COCO annotation file: 'images' must be a list of objects")
+        scored = {Path(str(e.get("file_name", ""))).stem for e in images}
         outside = [f for f in files if f.stem not in scored]
         if len(outside) >= count:
             files = outside
@@ -204,27 +204,24 @@ def quantize_onnx(fp32_path: PathLike, out_path: PathLike, calibration: Sequence
     excluded = [n.name for n in model.graph.node if n.op_type in QUANT_SETTINGS["exclude_op_types"]]
     input_name = model.graph.input[0].name
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     logger.info(f"quantizing {fp32_path.name} to int8 (QDQ, per-channel weights, opset {QUANT_OPSET}), calibrating on "
             f"{len(calibration)} images ...")
     root_logger = logging.getLogger()
     level = root_logger.level
     root_logger.setLevel(logging.ERROR)  # the quantizer's advice to pre-process is about other models
     try:
-        quantize_static(
-            model, str(tmp), ImageCalibrationReader(calibration, cfg, input_name, progress),
-            quant_format=QuantFormat.QDQ, per_channel=bool(QUANT_SETTINGS["per_channel"]),
-            reduce_range=bool(QUANT_SETTINGS["reduce_range"]),
-            activation_type=getattr(QuantType, str(QUANT_SETTINGS["activation_type"])),
-            weight_type=getattr(QuantType, str(QUANT_SETTINGS["weight_type"])),
-            nodes_to_exclude=excluded,
-            calibrate_method=getattr(CalibrationMethod, str(QUANT_SETTINGS["calibrate_method"])),
-        )
-        os.replace(tmp, out_path)
+        with atomic_output(out_path) as tmp:
+            quantize_static(
+                model, str(tmp), ImageCalibrationReader(calibration, cfg, input_name, progress),
+                quant_format=QuantFormat.QDQ, per_channel=bool(QUANT_SETTINGS["per_channel"]),
+                reduce_range=bool(QUANT_SETTINGS["reduce_range"]),
+                activation_type=getattr(QuantType, str(QUANT_SETTINGS["activation_type"])),
+                weight_type=getattr(QuantType, str(QUANT_SETTINGS["weight_type"])),
+                nodes_to_exclude=excluded,
+                calibrate_method=getattr(CalibrationMethod, str(QUANT_SETTINGS["calibrate_method"])),
+            )
     finally:
         root_logger.setLevel(level)
-        if tmp.exists():
-            tmp.unlink()
     return out_path
 
 
@@ -339,9 +336,7 @@ def write_int8_model(cfg: M2DetConfig, out_dir: Path, *, weights: Optional[PathL
     description (``.json``) beside it; returns the path and the lines to show the user."""
     record = cached_int8(cfg, weights, calib, calib_images, progress=progress)
     path = Path(out_dir) / f"m2det{cfg.size}_int8.onnx"
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.copyfile(record.path, tmp)
-    tmp.replace(path)
+    atomic_copy(record.path, path)
     info = describe_int8(path)
     atomic_write_json(path.with_suffix(".json"), {**info, "calibration_files": list(record.calibration),
                                                   "quantize_seconds": record.seconds, "fp32_source": str(record.source),

@@ -11,13 +11,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from m2det_impl._io import PathLike, atomic_write_json, atomic_write_text
+from m2det_impl.gating.regress_types import Comparison, Row
 from m2det_impl.logs import RESULT, get_logger
-
-if TYPE_CHECKING:  # regress imports this module; the types are for annotations only
-    from m2det_impl.gating.regress import Comparison, Row
 
 __all__ = ["HEADERS", "text_table", "markdown_report", "report_json", "write_report", "announce"]
 

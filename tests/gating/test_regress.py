@@ -21,9 +21,9 @@ from support import perfect_outputs
 from m2det_impl.cli import main
 from m2det_impl.exit_codes import EXIT_BAD_INPUT as EXIT_ERROR
 from m2det_impl.exit_codes import EXIT_GATE_FAILED as EXIT_GATE
-from m2det_impl.exit_codes import EXIT_OK
+from m2det_impl.exit_codes import EXIT_NOT_GATED, EXIT_OK
 from m2det_impl.gating.machine import machine_identity, platform_name
-from m2det_impl.gating.regress import BASELINES_DIR, EXIT_NOT_GATED, load_baseline
+from m2det_impl.gating.regress import BASELINES_DIR, load_baseline
 from m2det_impl.resources import MINI_COCO
 
 pytestmark = pytest.mark.cpu

@@ -319,27 +319,36 @@ def config_from_sections(values: Dict[str, Any], path: PathLike = "<config>") ->
     """Map the reference's ``model``/``test_cfg``/``loss`` dicts onto an
     :class:`M2DetConfig` -> (config, notes on keys not used). Values this
     implementation cannot run (another backbone, SFAM, a size without a prior
-    layout) are refused naming the key."""
+    layout) are refused naming the key. One function per section below."""
     notes: List[str] = []
     model = _section(values, "model", path, required=True)
     test = _section(values, "test_cfg", path, required=False)
     loss = _section(values, "loss", path, required=False)
+    size = _input_size(model, path)
+    base = get_config(size)
+    network = _network(model, base.network, path, notes)
+    anchors = _anchors(model, base.anchors, network, path, notes)
+    rgb_means = _rgb_means(model, base.rgb_means, path, notes)
+    test_cfg = _test(test, loss, base.test, network, path, notes)
+    return M2DetConfig(size=size, anchors=anchors, network=network, test=test_cfg, rgb_means=rgb_means), notes
+
+
+def _input_size(model: Dict[str, Any], path: PathLike) -> int:
+    """``model.input_size``: one of the sizes whose prior layout is published."""
     if "input_size" not in model:
         raise InputFileError(path, "model has no input_size")
     size = _int(path, "model.input_size", model["input_size"], 1, 100000)
-    anchors_in = model.get("anchor_config")
-    if anchors_in is not None and not isinstance(anchors_in, dict):
-        raise InputFileError(path, f"model.anchor_config must be a dict(...), got {type(anchors_in).__name__}")
-    anchors_in = anchors_in or {}
     if size not in SUPPORTED_SIZES:
         raise InputFileError(path, f"model.input_size {size}: this implementation has the prior layouts of the "
                                    f"published sizes only ({', '.join(map(str, SUPPORTED_SIZES))})")
-    base = get_config(size)
+    return size
 
+
+def _network(model: Dict[str, Any], net: NetworkConfig, path: PathLike, notes: List[str]) -> NetworkConfig:
+    """``model.m2det_config``: what may change (smooth, planes, levels, classes) and what must not."""
     net_in = model.get("m2det_config", {})
     if not isinstance(net_in, dict):
         raise InputFileError(path, f"model.m2det_config must be a dict(...), got {type(net_in).__name__}")
-    net = base.network
     changes: Dict[str, Any] = {}
     if "backbone" in net_in:
         if net_in["backbone"] != "vgg16":
@@ -371,8 +380,16 @@ def config_from_sections(values: Dict[str, Any], path: PathLike = "<config>") ->
                                        f"{list(net.base_out)}")
     for key in sorted(set(net_in) - {f.name for f in fields(NetworkConfig)} - {"net_family"}):
         notes.append(f"model.m2det_config.{key} not used")
-    network = replace(net, **changes)
+    return replace(net, **changes)
 
+
+def _anchors(model: Dict[str, Any], base: AnchorConfig, network: NetworkConfig, path: PathLike,
+             notes: List[str]) -> AnchorConfig:
+    """``model.anchor_config``: the step and size patterns, one per prior map (sizes: one more)."""
+    anchors_in = model.get("anchor_config")
+    if anchors_in is not None and not isinstance(anchors_in, dict):
+        raise InputFileError(path, f"model.anchor_config must be a dict(...), got {type(anchors_in).__name__}")
+    anchors_in = anchors_in or {}
     anchor_changes: Dict[str, Any] = {}
     if "step_pattern" in anchors_in:
         anchor_changes["step_pattern"] = _plain(_numbers(path, "model.anchor_config.step_pattern",
@@ -382,16 +399,25 @@ def config_from_sections(values: Dict[str, Any], path: PathLike = "<config>") ->
                                                          anchors_in["size_pattern"], network.num_scales + 1, 0, 100))
     for key in sorted(set(anchors_in) - {"step_pattern", "size_pattern"}):
         notes.append(f"model.anchor_config.{key} not used")
-    anchors: AnchorConfig = replace(base.anchors, **anchor_changes)
+    return replace(base, **anchor_changes)
 
-    rgb_means = base.rgb_means
+
+def _rgb_means(model: Dict[str, Any], base: Tuple[float, float, float], path: PathLike,
+               notes: List[str]) -> Tuple[float, ...]:
+    """``model.rgb_means``, and a note for each other ``model`` key this implementation does not use."""
+    rgb_means = base
     if "rgb_means" in model:
         rgb_means = tuple(float(v) for v in _numbers(path, "model.rgb_means", model["rgb_means"], 3, -1e6, 1e6))
     used_model = {"input_size", "m2det_config", "anchor_config", "rgb_means"}
     training_only = {"type", "init_net", "pretrained", "p", "save_eposhs", "weights_save"}
     for key in sorted(set(model) - used_model - training_only):
         notes.append(f"model.{key} not used")
+    return rgb_means
 
+
+def _test(test: Dict[str, Any], loss: Dict[str, Any], base: TestConfig, network: NetworkConfig, path: PathLike,
+          notes: List[str]) -> TestConfig:
+    """``test_cfg`` (top-k, the soft-NMS iou that is positionally its sigma, thresholds) and ``loss.bkg_label``."""
     test_changes: Dict[str, Any] = {}
     if "topk" in test:
         test_changes["topk"] = _int(path, "test_cfg.topk", test["topk"], 0)
@@ -412,9 +438,7 @@ def config_from_sections(values: Dict[str, Any], path: PathLike = "<config>") ->
     if "bkg_label" in loss:
         test_changes["background_label"] = _int(path, "loss.bkg_label", loss["bkg_label"], 0,
                                                 network.num_classes - 1)
-    test_cfg: TestConfig = replace(base.test, **test_changes)
-
-    return M2DetConfig(size=size, anchors=anchors, network=network, test=test_cfg, rgb_means=rgb_means), notes
+    return replace(base, **test_changes)
 
 
 def preset_differences(cfg: M2DetConfig) -> List[str]:

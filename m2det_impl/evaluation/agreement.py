@@ -92,7 +92,7 @@ def match_detections(a: np.ndarray, b: np.ndarray, iou: float = 0.99, score_tol:
 
 def run_detections(scores: np.ndarray, loc: np.ndarray, sizes: Sequence[Tuple[int, int]],
                    cfg=None, priors: Optional[np.ndarray] = None) -> List[np.ndarray]:
-    """The reference post-processing of a batch (``m2det_impl.postprocess.detect``)
+    """The reference post-processing of a batch (``m2det_impl.pipeline.postprocess.detect``)
     with the ORIGINAL image ``sizes`` ``[(width, height), ...]``."""
     from m2det_impl.pipeline.postprocess import detect
 

@@ -4,7 +4,7 @@ Speed and, through kernel choices, even output tolerances belong to a machine:
 the same nightly on another CPU model, another core count, another NPU SoC or
 another CANN or driver release measures something else. So every result
 carries :func:`machine_identity`, a comparison against a baseline checks it
-first (``m2det_impl.regress``), and baselines and known failures are filed
+first (``m2det_impl.gating.regress``), and baselines and known failures are filed
 under :func:`platform_name` (``cpu-x86_64-2core``, ``310P3-cann7.0.0-fp16``,
 ``t4-trt-fp16``). Everything here is best effort and never raises: a probe
 that fails yields ``None``.

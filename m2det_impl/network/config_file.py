@@ -12,7 +12,7 @@ executed; a statement that is not a plain assignment (the ``import os``, a
 function) is skipped and listed, and a value this reader needs that is not a
 literal is an error naming the file, the line and what it found.
 
-The sections read are mapped onto :mod:`m2det_impl.config`: the preset of
+The sections read are mapped onto :mod:`m2det_impl.network.config`: the preset of
 ``model.input_size`` with the file's network, anchors, means and test
 settings (``test_cfg.iou`` lands in both ``nms_iou`` and ``soft_nms_sigma``,
 as the reference's positional call does, reference section 7).

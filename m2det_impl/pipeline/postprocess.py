@@ -10,7 +10,7 @@ module computes exactly the same rows faster by
   candidates by class;
 * decoding only the priors that passed the threshold for some class;
 * running soft-NMS for all classes in one compiled call
-  (:func:`m2det_impl.nms.soft_nms_segments`) that stops after the
+  (:func:`m2det_impl.pipeline.nms.soft_nms_segments`) that stops after the
   ``keep_per_class``-th selection, since later rows are never kept.
 
 Every value keeps the reference's precision (float32 decode in the

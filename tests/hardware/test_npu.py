@@ -7,7 +7,7 @@ without an Ascend device, without ``aclruntime``/``ais_bench`` or without an
 ``.om`` (``--om PATH``, repeatable, or ``M2DET_OM``); the ``onnxruntime-cann``
 route skips without an Ascend device or without onnxruntime-cann with
 CANNExecutionProvider, and runs the reference's own ONNX export. The ``.om``
-must be built (``m2det_impl.export.atc_command``) from the weights the
+must be built (``m2det_impl.backends.ascend.atc.atc_command``) from the weights the
 reference uses: golden weights (salt 0) by default, or the checkpoint given by
 ``--weights``. The ONNX Runtime reference is computed here, or read from
 ``--load-outputs DIR`` (frozen elsewhere with ``--save-outputs DIR``), so the

@@ -2,7 +2,7 @@
 
 Why this exists
 ---------------
-The implementation under test (``m2det_impl.nms``) is vectorised / compiled for
+The implementation under test (``m2det_impl.pipeline.nms``) is vectorised / compiled for
 speed. This module is the opposite: a line-by-line transcription of the
 reference's Cython ``cpu_soft_nms`` and ``cpu_nms`` (VDIGPKU/M2Det
 ``utils/nms/cpu_nms.pyx``, as described in reference section 7) using Python loops,

@@ -1,4 +1,4 @@
-"""Property tests of ``m2det_impl.nms`` and ``m2det_impl.postprocess.{encode,decode}``.
+"""Property tests of ``m2det_impl.pipeline.nms`` and ``m2det_impl.pipeline.postprocess.{encode,decode}``.
 
 Every property is checked against something that is not the code under test:
 

@@ -72,7 +72,7 @@ def map_om_outputs(metas: Sequence[Tuple[str, Sequence[int]]], num_classes: int,
             raise ModelOutputError(
                 f"{source}: outputs [{found}]: the one named 'scores' should end in {num_classes} and "
                 f"'loc' in 4; names and shapes disagree (the guide's exporter swaps these names: "
-                "re-export with m2det_impl.export and rebuild the .om)"
+                "re-export with m2det export and rebuild the .om)"
             )
         return si, li
     by_classes = [i for i, d in enumerate(last) if d == num_classes]
@@ -237,7 +237,7 @@ class OmBackend(Backend):
         if shape[0] <= 0:
             raise ModelOutputError(
                 f"{self.source}: input batch is dynamic ({shape}); build one static-batch .om per "
-                "batch size (m2det_impl.export.atc_command)"
+                "batch size (m2det_impl.backends.ascend.atc.atc_command)"
             )
         self.static_batch = shape[0]
         self.input_size = shape[2] if shape[2] > 0 else None

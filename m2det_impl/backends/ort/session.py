@@ -111,7 +111,7 @@ class OnnxRuntimeBackend(Backend):
         if sorted(names) != ["loc", "scores"]:
             raise ModelOutputError(
                 f"{path}: outputs are [{found}]; expected exactly 'scores' [B,P,C] and 'loc' [B,P,4] "
-                "(re-export with m2det_impl.export; the guide's exporter swaps these names)"
+                "(re-export with m2det export; the guide's exporter swaps these names)"
             )
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise ModelOutputError(

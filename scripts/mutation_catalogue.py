@@ -133,8 +133,12 @@ def pytest(copy: Path, args: Sequence[str], env: Dict[str, str], timeout: float)
 
 def verdict_of(run: dict) -> str:
     # 0: all passed (survived); 5: nothing collected (survived: nothing looked);
-    # 1 failures, 2 interrupted/collection error, 3 internal, 4 usage error,
-    # -1 timeout: the bug was noticed.
+    # 1 failures, 2 interrupted/collection error, 3 internal, -1 timeout: the bug was noticed.
+    # 4 is pytest's usage error, and also a conftest that cannot be imported (no torch in
+    # the interpreter, say): nothing was tested, so nothing was killed. A gate that did not
+    # measure its figure fails; it never passes.
+    if run["code"] == 4:
+        return "not run"
     return "survived" if run["code"] in (0, 5) else "killed"
 
 
@@ -278,19 +282,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     killed = sum(r["verdict"] == "killed" for r in results)
     equivalent = sum(r["verdict"] == "equivalent" for r in results)
     survived = [r for r in results if r["verdict"] == "survived"]
+    not_run = [r for r in results if r["verdict"] == "not run"]
     print()
     print(table(results))
     print(f"\nkilled {killed} of {len(results) - equivalent} non-equivalent entries"
           + (f" ({equivalent} equivalent)" if equivalent else "")
-          + (f"; SURVIVED: {', '.join(r['id'] for r in survived)}" if survived else ""))
+          + (f"; SURVIVED: {', '.join(r['id'] for r in survived)}" if survived else "")
+          + (f"; NOT RUN (pytest could not start: see the json's tails): {', '.join(r['id'] for r in not_run)}"
+             if not_run else ""))
     summary = {"catalogue": str(args.catalogue), "killed": killed, "total": len(results),
-               "equivalent": equivalent, "survived": [r["id"] for r in survived],
+               "equivalent": equivalent, "survived": [r["id"] for r in survived], "not_run": [r["id"] for r in not_run],
                "full_run": not args.no_full, "failing_without_bugs": sorted(n for n, bad in clean.verdicts.items() if bad),
                "results": results}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     print(f"results: {args.json}")
-    return 1 if survived else 0
+    return 1 if survived or not_run else 0
 
 
 if __name__ == "__main__":

@@ -543,16 +543,21 @@ def build_ais_bench(aclruntime: types.ModuleType, generation: str = "2023") -> t
             return outputs
 
         def infer(self, feeds, mode="static", custom_sizes=100000, out_array=True):
+            """T: only dymshape/dymdims do anything before the run (any other mode is a plain run); A: every
+            mode prepares the session first, "static" by set_staticbatch(), "dymbatch" by setting the batch
+            from the feed's shape[0] (A interface.py:470-507, 652-666)."""
             arrays = [np.ascontiguousarray(f) for f in feeds]
-            if mode == "dymbatch":
-                if generation == "2023":
-                    raise RuntimeError(f"mode {mode!r} is not known to the 2023 InferSession.infer")
-                shape = self.get_inputs()[0].shape
-                if shape[0] >= 0:
-                    raise RuntimeError("not a dymbatch model!")
-                self.set_dynamic_batchsize(arrays[0].shape[0])
-            elif mode != "static":
-                raise RuntimeError(f"the fake InferSession.infer knows static (and ait's dymbatch), not {mode!r}")
+            if mode in ("dymshape", "dymdims", "dymhw"):
+                raise RuntimeError(f"the fake InferSession.infer does not do {mode!r}")
+            if generation == "ait":
+                if mode == "static":
+                    self.set_staticbatch()
+                elif mode == "dymbatch":
+                    if self.get_inputs()[0].shape[0] >= 0:
+                        raise RuntimeError("not a dymbatch model!")
+                    self.set_dynamic_batchsize(arrays[0].shape[0])
+                else:
+                    raise RuntimeError(f"wrong infer_mode:{mode}")
             return self.run(arrays, out_array=True)
 
     if generation == "2023":

@@ -147,10 +147,11 @@ def test_ais_bench_interface_over_the_fake(tmp_path, monkeypatch, generation):
         InferSession(0, str(om))  # free_resource leaves ACL up
 
 
-def _worker(path, device, executes):
+def _worker(path, device, executes, barrier):
     import aclruntime
 
     session = aclruntime.InferenceSession(path, device, aclruntime.session_options())
+    barrier.wait(timeout=60)  # all loaded before any executes, as ais_bench's workers wait for each other
     for i in range(executes):
         tensor = aclruntime.Tensor(np.full((1, 3, S, S), 10 * device + i, np.float32))
         tensor.to_device(device)
@@ -164,8 +165,10 @@ def test_the_shim_reaches_spawned_workers_and_devices_run_concurrently(tmp_path,
     logs.mkdir()
     om = FakeOm(batch=1, sleep_ms=120.0, log_dir=str(logs), exec_ms=60.0, cold_ms=900.0).write(tmp_path / "m.om")
     use_shim(monkeypatch, tmp_path / "shim")
-    with multiprocessing.get_context("spawn").Pool(3) as pool:
-        results = pool.starmap(_worker, [(str(om), 0, 3), (str(om), 1, 3), (str(om), 0, 3)])
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(3) as pool:
+        barrier = manager.Barrier(3)
+        results = pool.starmap(_worker, [(str(om), 0, 3, barrier), (str(om), 1, 3, barrier), (str(om), 0, 3, barrier)])
     assert results == [("aclruntime", [900.0, 60.0, 60.0])] * 3
     executes = read_events(logs, "execute")
     assert len(executes) == 9 and len({e["pid"] for e in executes}) == 3
@@ -184,3 +187,21 @@ def test_the_shim_reaches_a_python_c_worker(tmp_path, monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ)).stdout
     assert out.split() == ["True", "module"]
+
+
+@pytest.mark.parametrize("generation", ["2023", "ait"])
+def test_ais_bench_infer_on_a_dynamic_batch_model(tmp_path, monkeypatch, generation):
+    """T's infer ignores the mode (the batch set once stays); A's resets it: "static" unsets a dynamic batch,
+    "dymbatch" sets it from the feed."""
+    install(monkeypatch, generation)
+    from ais_bench.infer.interface import InferSession
+
+    session = InferSession(0, str(FakeOm(batch=-1, dynamic_batches=(1, 8)).write(tmp_path / "dyn.om")))
+    session.set_dynamic_batchsize(8)
+    assert session.infer([_images(8)], mode="dymbatch")[0].shape == (8, 6, 5)
+    if generation == "2023":
+        assert session.infer([_images(8)])[0].shape == (8, 6, 5)
+    else:
+        with pytest.raises(RuntimeError):
+            session.infer([_images(8)])  # mode "static": set_staticbatch() undoes the dynamic batch
+        assert session.infer([_images(1)], mode="dymbatch")[0].shape == (1, 6, 5)

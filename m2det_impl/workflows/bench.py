@@ -176,7 +176,6 @@ def _bench_on_devices(records, cfg: M2DetConfig, model: ModelSpec, out, devices:
                       batch_sizes: Optional[Sequence[int]], warmup: int, repeats: int, table) -> int:
     from m2det_impl.workflows.devices import DeviceTask, run_on_devices
 
-    logger.info(f"pure inference on devices {', '.join(map(str, devices))} at once ...")
     results = run_on_devices([DeviceTask(d, "m2det_impl.workflows.bench:_bench_task", dict(
         records=list(records), cfg=cfg, model=replace(model, device_id=d), batch_sizes=batch_sizes, warmup=warmup,
         repeats=repeats)) for d in devices])

@@ -256,8 +256,6 @@ def _infer_on_devices(files: Sequence[Path], cfg: M2DetConfig, model: ModelSpec,
                              batch_size=batch_size, naming="ais", output_dirname=f"device{device}", outfmt=outfmt,
                              progress=False))
              for device, share in zip(devices, shares)]
-    logger.info(f"{len(files)} inputs on devices {', '.join(map(str, devices))}: "
-                + ", ".join(str(len(s)) for s in shares) + " each")
     results = run_on_devices(tasks)
     total = sum(float(r["throughput"]) for r in results)
     path = atomic_write_json(root / "throughput.json", {

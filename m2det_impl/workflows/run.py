@@ -153,8 +153,6 @@ def _run_on_devices(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: P
 
     out = ensure_output_folder(out)
     count = len(devices)
-    logger.info(f"{len(dataset.records)} images on devices {', '.join(map(str, devices))}: device k runs shard "
-                f"k/{count}")
     done = run_on_devices([DeviceTask(device, "m2det_impl.workflows.run:_run_task", dict(
         dataset=dataset, cfg=cfg, model=replace(model, device_id=device), out=str(out), batch_size=batch_size,
         shard=f"{k}/{count}", fresh=fresh, skip_bad=skip_bad, loader_threads=loader_threads, host=host,
@@ -162,7 +160,8 @@ def _run_on_devices(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: P
     merged, image_ids, skipped = merge_shard_files([d["shard_file"] for d in done],
                                                    [r.image_id for r in dataset.records])
     results_path = atomic_write_json(out / "results.json", merged)
-    logger.log(RESULT, f"{len(image_ids)} images on {count} devices, {len(merged)} detections -> {results_path}")
+    logger.log(RESULT, f"{len(image_ids)} images on devices {', '.join(map(str, devices))} (device k ran shard "
+                       f"k/{count}), {len(merged)} detections -> {results_path}")
     if dataset.annotations is None:
         logger.log(RESULT, "not scored: these images have no annotations (give --annotations or --coco-root for an AP)")
         return EXIT_OK

@@ -21,8 +21,11 @@ point the adapter touches (reference section 9; /tmp notes on Ascend/tools
   that finalizes the whole ACL runtime (so the adapter must not call it).
 
 They check what the adapter does with them: lazy import, output mapping by
-name or shape, padding of the last partial batch, dtype handling, execute
-times, release, errors. The real runtime is exercised by
+name or shape, padding of the last partial batch, the warm-up execute, dtype
+handling, execute times, release (never ``finalize``), errors. The fuller
+stand-in for the runtime's behaviour (cold executes, MemorySummary, dynamic
+batches, several devices) is tests/backends/fake_ascend.py, used by
+tests/backends/test_om_runtime.py. The real runtime is exercised by
 tests/hardware/test_npu.py (``npu`` marker).
 """
 

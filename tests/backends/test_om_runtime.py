@@ -271,3 +271,15 @@ def test_export_writes_the_atc_command_of_a_dynamic_batch_om(tmp_path):
     assert "--input_shape=image:-1,3,512,512" in command and "--dynamic_batch_size=1,4,8" in command
     assert f"--model={path.resolve()}" in command and f"--output={tmp_path.resolve() / 'm2det512_dynbs'}" in command
     assert any("atc commands ->" in line for line in lines)
+
+
+def test_a_device_that_cannot_start_stops_them_all_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """Two workers, a dynamic model at a batch it was not built for: each fails opening it, before the common
+    start; one line naming the device and the model, exit 2, no output folder."""
+    om = _om(tmp_path, batch=-1, dynamic_batches=(1, 4))
+    use_shim(monkeypatch, tmp_path / "shim")
+    out = tmp_path / "out"
+    assert _infer(om, _inputs(tmp_path / "in", 4), out, "--device-id", "0,1", "--batch-size", "2") == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "device " in err[0] and str(om) in err[0] and "batch 2 is not one" in err[0], err
+    assert not out.exists()

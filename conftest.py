@@ -64,9 +64,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--device-id",
-        type=int,
-        default=int(os.environ.get("M2DET_DEVICE_ID", "0")),
-        help="NPU device id (env M2DET_DEVICE_ID, default 0)",
+        "--device",
+        dest="device_id",
+        default=os.environ.get("M2DET_DEVICE_ID", "0"),
+        help="NPU device id, or several comma-separated (0,1: the multi-device checks run one worker per "
+             "device; the single-device checks use the first) (env M2DET_DEVICE_ID, default 0)",
     )
     group.addoption(
         "--published",
@@ -231,8 +233,21 @@ def published_name(pytestconfig: pytest.Config) -> str:
 
 
 @pytest.fixture(scope="session")
-def device_id(pytestconfig: pytest.Config) -> int:
-    return int(pytestconfig.getoption("--device-id"))
+def device_ids(pytestconfig: pytest.Config) -> tuple:
+    """Every ``--device-id`` given (``0,1,2,3``), checked as ``m2det --device-id`` checks them."""
+    from m2det_impl.workflows.devices import check_device_ids
+
+    text = str(pytestconfig.getoption("device_id"))
+    try:
+        return check_device_ids(tuple(int(v) for v in text.split(",")))
+    except (ValueError, TypeError) as exc:
+        raise pytest.UsageError(f"--device-id / M2DET_DEVICE_ID {text!r}: {exc}") from None
+
+
+@pytest.fixture(scope="session")
+def device_id(device_ids) -> int:
+    """The device of the single-device checks: the first ``--device-id``."""
+    return device_ids[0]
 
 
 @pytest.fixture(scope="session")

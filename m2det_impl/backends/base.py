@@ -80,6 +80,14 @@ class Backend(ABC):
     holds_gil: bool = False
     input_size: Optional[int] = None
     source: str = ""
+    #: Untimed executes a session runs before its first timed one, as
+    #: ais_bench's warm-up does (its ``--warmup_count``, default 1): the cold
+    #: first execute of a loaded model costs many times a warm one. They are
+    #: in no timing list (:meth:`warm_up`).
+    warmup_executes: int = 0
+    #: True when the model's outputs hold scores flat, ``[B*P, C]`` (the
+    #: guide's ``.om``), which is how ais_bench then writes them per input.
+    flat_scores: bool = False
 
     @property
     def batch_sizes(self) -> Optional[Tuple[int, ...]]:
@@ -94,18 +102,13 @@ class Backend(ABC):
         a static-batch model always gets its own batch size.
         """
         batch = check_input_batch(batch, self.input_size)
-        n = batch.shape[0]
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be positive, got {max_batch}")
-        step = self.static_batch or min(n, max_batch or n)
+        if not self.__dict__.get("_warmed"):
+            self._warm_up_checked(batch, max_batch)
         scores: List[np.ndarray] = []
         locs: List[np.ndarray] = []
-        for start in range(0, n, step):
-            chunk = batch[start:start + step]
-            real = chunk.shape[0]
-            if real < step and self.static_batch:  # pad the last partial batch; the padding is dropped below
-                pad = np.zeros((step - real, *chunk.shape[1:]), dtype=chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
+        for chunk, real in self._chunks(batch, max_batch):
             started = time.perf_counter()
             raw = self._run(chunk)
             self.execute_times_ms.append(self._execute_ms((time.perf_counter() - started) * 1000.0))
@@ -115,6 +118,48 @@ class Backend(ABC):
         if len(scores) == 1:
             return scores[0], locs[0]
         return np.concatenate(scores), np.concatenate(locs)
+
+    def _chunks(self, batch: np.ndarray, max_batch: Optional[int]):
+        """``(chunk, real images in it)`` per runtime call: the model's own batch, the last one padded with
+        zeros (dropped from the outputs) for a static-batch model."""
+        n = batch.shape[0]
+        step = self.static_batch or min(n, max_batch or n)
+        for start in range(0, n, step):
+            chunk = batch[start:start + step]
+            real = chunk.shape[0]
+            if real < step and self.static_batch:  # pad the last partial batch; the padding is dropped below
+                pad = np.zeros((step - real, *chunk.shape[1:]), dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            yield chunk, real
+
+    def warm_up(self, batch: np.ndarray, max_batch: Optional[int] = None) -> None:
+        """Run this session's :attr:`warmup_executes` untimed executes on ``batch``'s first chunk, once per
+        session (``infer`` does it before its first timed execute if nobody did): ais_bench warms up on the
+        first batch of real inputs and then clears every timing list."""
+        if not self.__dict__.get("_warmed"):
+            self._warm_up_checked(check_input_batch(batch, self.input_size), max_batch)
+
+    def _warm_up_checked(self, batch: np.ndarray, max_batch: Optional[int]) -> None:
+        self.__dict__["_warmed"] = True
+        if self.warmup_executes < 1:
+            return
+        chunk, _ = next(self._chunks(batch, max_batch))
+        for _ in range(self.warmup_executes):
+            self._run(chunk)
+        self._after_warm_up()
+
+    def _after_warm_up(self) -> None:
+        """Forget what the warm-up left in the runtime's own timing lists (a runtime that keeps some overrides)."""
+
+    @property
+    def h2d_times_ms(self) -> List[float]:
+        """Host-to-device copy ms of the timed executes, where the runtime keeps them (aclruntime); else empty."""
+        return self.__dict__.setdefault("_h2d_times_ms", [])
+
+    @property
+    def d2h_times_ms(self) -> List[float]:
+        """Device-to-host copy ms of the timed executes, where the runtime keeps them (aclruntime); else empty."""
+        return self.__dict__.setdefault("_d2h_times_ms", [])
 
     def _check_outputs(self, scores: np.ndarray, loc: np.ndarray, batch: int) -> Outputs:
         scores = np.asarray(scores)

@@ -44,6 +44,9 @@ class ModelSpec:
     onnx: Optional[PathLike] = None
     om: Optional[PathLike] = None
     device_id: int = 0
+    #: The batch a dynamic-batch model runs at (``--batch-size``); a static-batch model's own batch is
+    #: checked against it. ``None``: the model's own (static) batch.
+    batch_size: Optional[int] = None
     threads: Optional[int] = None
     calib: Optional[PathLike] = None
     calib_images: Optional[int] = None

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import List
+from typing import List, Tuple
 
 from m2det_impl.backends.registry import DEFAULT_RUNTIME, runtime_names, runtimes
 
 __all__ = ["echo", "add_output_option", "positive_int", "int_list", "add_dataset_options", "dataset_from", "add_model_options",
-           "add_calibration_options", "add_host_option", "model_from", "config_from", "DEFAULT_CALIBRATION_IMAGES"]
+           "add_calibration_options", "add_host_option", "model_from", "config_from", "DEFAULT_CALIBRATION_IMAGES",
+           "device_list", "device_ids_from"]
 
 DEFAULT_CALIBRATION_IMAGES = 16  # precision.int8.DEFAULT_CALIBRATION_IMAGES (a test holds the two equal)
 
@@ -53,6 +54,16 @@ def add_host_option(p: argparse.ArgumentParser) -> None:
                         "longer runs (default auto)")
 
 
+def device_list(text: str) -> Tuple[int, ...]:
+    """``0`` or ``0,1,2,3``: device ids (checked for negatives and repeats by the job that uses them)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a device id or comma-separated ids (0,1,2,3), got {text!r}") \
+            from None
+    return values
+
+
 def int_list(text: str) -> List[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -92,14 +103,17 @@ def add_model_options(p: argparse.ArgumentParser, backends: bool = True, batch: 
         add_calibration_options(g)
         g.add_argument("--om", help=".om model, for --backend " + ", ".join(
             name for name, entry in runtimes().items() if "om" in entry.model_files))
-        g.add_argument("--device-id", type=int, default=0, help="NPU or GPU device id (default 0)")
+        g.add_argument("--device-id", "--device", dest="device_id", type=device_list, default=(0,),
+                       help="NPU or GPU device id (default 0); several, comma-separated (0,1,2,3), run one worker "
+                            "process per device on its share of the images, as ais_bench's --device")
         g.add_argument("--threads", type=int, help="intra-op threads for onnxruntime/torch (default: $M2DET_THREADS, else all cores)")
         g.add_argument("--sim-ms-per-image", type=non_negative_float, default=15.0,
                        help="--backend simulated-npu: simulated device time per image, the GIL held (default 15: "
                             "a 310P3 at about 66 img/s)")
         if batch:
-            g.add_argument("--batch-size", type=positive_int, default=1,
-                           help="images per inference call (default 1)")
+            g.add_argument("--batch-size", type=positive_int, default=None,
+                           help="images per inference call (default: the model's own batch for a static-batch "
+                                ".om, else 1); a dynamic-batch .om runs this batch, one it was built with")
 
 
 def add_calibration_options(g) -> None:
@@ -114,11 +128,19 @@ def add_calibration_options(g) -> None:
 def model_from(args, backend: str = ""):
     from m2det_impl.backends.spec import ModelSpec
 
+    devices = device_ids_from(args)
     return ModelSpec(backend=backend or getattr(args, "backend", DEFAULT_RUNTIME), weights=args.weights,
                      onnx=getattr(args, "onnx", None), om=getattr(args, "om", None),
-                     device_id=getattr(args, "device_id", 0), threads=getattr(args, "threads", None),
+                     device_id=devices[0] if devices else 0, batch_size=getattr(args, "batch_size", None),
+                     threads=getattr(args, "threads", None),
                      calib=getattr(args, "calib", None), calib_images=getattr(args, "calib_images", None),
                      sim_ms_per_image=getattr(args, "sim_ms_per_image", 15.0))
+
+
+def device_ids_from(args) -> Tuple[int, ...]:
+    """The ``--device-id`` list (one id unless several were given)."""
+    ids = getattr(args, "device_id", (0,))
+    return tuple(ids) if isinstance(ids, (tuple, list)) else (int(ids),)
 
 
 def config_from(args):

@@ -12,6 +12,13 @@ The older ``benchmark`` tool wrote flat ``_1``, ``_2`` ``.bin`` files. Which
 file is which is decided by element count alone (scores hold P x C floats, loc
 P x 4), so every naming, format and output order reads the same, and a missing
 or truncated file is named with the size it should have (reference section 9).
+
+As ais_bench cuts each execute's outputs with ``np.array_split`` along the
+batch axis, every file keeps that axis: ``.npy`` outputs are ``[1, P, C]`` and
+``[1, P, 4]`` (the guide's flat scores ``[P, C]``); the readers flatten, so
+files of either shape read the same (docs/ascend-runtime-notes.md, section 5).
+The summary holds ais_bench's keys and nothing else; what this tool adds (the
+clock, the batch, the device) goes to ``<folder name>_m2det.json`` beside it.
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ __all__ = [
     "ais_stem",
     "AisOutputWriter",
     "OUTPUT_FORMATS",
+    "natural_sorted",
+    "INPUT_SUFFIXES",
+    "check_output_dirname",
 ]
 
 # <stem>_<output index>.<bin|npy|txt>; the index is short, so a COCO stem's 12-digit id never matches.
@@ -204,6 +214,27 @@ def _element_count(path: Path) -> "int | None":
         return None
 
 
+#: The input files ais_bench takes from a folder.
+INPUT_SUFFIXES = (".bin", ".BIN", ".npy", ".NPY")
+
+
+def _natural_key(name: str) -> list:
+    """ais_bench's order: digit runs compare as numbers, the rest case-folded (``2.bin`` before ``10.bin``)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def natural_sorted(paths) -> List[Path]:
+    """``paths`` in ais_bench's natural order of their full path (so ``filesinfo`` indices agree with its)."""
+    return sorted((Path(p) for p in paths), key=lambda p: _natural_key(str(p)))
+
+
+def check_output_dirname(output_dirname: Optional[str]) -> None:
+    """A sub-folder name for ``--output-dirname``: relative to ``--output``, as ait and msit insist."""
+    if output_dirname is not None and (not output_dirname or Path(output_dirname).is_absolute()):
+        raise UsageError(f"--output-dirname {output_dirname!r}: give a folder name relative to --output, not an "
+                         "absolute path (ait benchmark refuses absolute ones too)")
+
+
 def ais_stem(input_path: PathLike) -> str:
     """ais_bench's output stem: the input file's name cut at its first dot."""
     return Path(input_path).name.split(".")[0]
@@ -234,42 +265,58 @@ def _timing(values: List[float]) -> Dict[str, float]:
 
 class AisOutputWriter:
     """Writes outputs in ais_bench's layout: ``<output>/<time stamp or output_dirname>/<stem>_<i>.<fmt>``
-    and, on :meth:`finish`, ``<output>/<folder name>_summary.json`` beside that folder."""
+    and, on :meth:`finish`, ``<output>/<folder name>_summary.json`` beside that folder.
 
-    def __init__(self, output: PathLike, output_dirname: Optional[str] = None, outfmt: str = "BIN"):
+    ``flat_scores``: the model gives scores ``[B*P, C]`` (the guide's), whose
+    per-input piece ais_bench writes as ``[P, C]``; otherwise ``[1, P, C]``."""
+
+    def __init__(self, output: PathLike, output_dirname: Optional[str] = None, outfmt: str = "BIN",
+                 flat_scores: bool = False):
         outfmt = outfmt.upper()
         if outfmt not in OUTPUT_FORMATS:
             raise UsageError(f"outfmt must be one of {', '.join(OUTPUT_FORMATS)}, got {outfmt!r}")
+        check_output_dirname(output_dirname)
         self.output = Path(output)
         self.name = output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S")
         self.folder = self.output / self.name
         self.folder.mkdir(parents=True, exist_ok=True)
         self.outfmt = outfmt
+        self.flat_scores = flat_scores
         self.filesinfo: Dict[str, Dict[str, List[str]]] = {}
 
     def add(self, input_path: PathLike, scores: np.ndarray, loc: np.ndarray) -> Tuple[Path, Path]:
-        """One sample's outputs, in .om output order: scores (``_0``), loc (``_1``)."""
+        """One sample's outputs (``[P, C]``, ``[P, 4]``), in .om output order: scores (``_0``), loc (``_1``),
+        each shaped as ais_bench's ``np.array_split`` leaves it."""
         stem = ais_stem(input_path)
         ext = self.outfmt.lower()
         paths = (self.folder / f"{stem}_0.{ext}", self.folder / f"{stem}_1.{ext}")
-        for path, array in zip(paths, (scores, loc)):
+        scores = np.asarray(scores)
+        pieces = (scores if self.flat_scores else scores[None], np.asarray(loc)[None])
+        for path, array in zip(paths, pieces):
             _write_values(path, array, self.outfmt)
         self.filesinfo[str(len(self.filesinfo))] = {"infiles": [str(input_path)], "outfiles": [str(p) for p in paths]}
         return paths
 
-    def finish(self, batch_size: int, execute_times_ms: Sequence[float], clock: str = "") -> Path:
-        """Write the summary ais_bench writes; ``throughput`` is ``1000 * batch / mean(execute ms)``."""
+    def finish(self, batch_size: int, execute_times_ms: Sequence[float], clock: str = "", *,
+               h2d_ms: Sequence[float] = (), d2h_ms: Sequence[float] = (), warmup_executes: int = 0,
+               extra: Optional[Dict[str, object]] = None) -> Path:
+        """Write the summary ais_bench writes; ``throughput`` is ``1000 * batch / mean(execute ms)``, ``batch``
+        the batch each execute ran. ``args`` is this process's command line followed by
+        ``--warmup_count=N`` (ais_bench's option): the untimed warm-up executes that preceded the timed ones.
+        What this tool adds (``clock``, ``extra``) goes to ``<name>_m2det.json`` beside the summary."""
         times = [float(t) for t in execute_times_ms]
         compute = _timing(times)
         summary = {
             "filesinfo": self.filesinfo,
-            "args": list(sys.argv),
+            "args": list(sys.argv) + [f"--warmup_count={int(warmup_executes)}"],
             "NPU_compute_time": compute,
-            "H2D_latency": _timing([]),
-            "D2H_latency": _timing([]),
+            "H2D_latency": _timing([float(t) for t in h2d_ms]),
+            "D2H_latency": _timing([float(t) for t in d2h_ms]),
             "throughput": (1000.0 * batch_size / compute["mean"]) if compute["mean"] > 0 else 0.0,
             "npu_compute_time_list": times,
             "pid": os.getpid(),
-            "m2det_execute_clock": clock,
         }
+        ours = {"summary": f"{self.name}_summary.json", "execute_clock": clock, "batch_size": int(batch_size),
+                "warmup_executes": int(warmup_executes), **(extra or {})}
+        atomic_write_json(self.output / f"{self.name}_m2det.json", ours, indent=4)
         return atomic_write_json(self.output / f"{self.name}_summary.json", summary, indent=4)

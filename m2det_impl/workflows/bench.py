@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from dataclasses import replace
+from typing import Dict, List, Optional, Sequence
 
 from m2det_impl._io import PathLike, atomic_write_json, atomic_write_text, ensure_output_folder
 from m2det_impl.backends.spec import ModelSpec
+from m2det_impl.errors import UsageError
 from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.gating.bench import (
     measure_end_to_end,
@@ -28,10 +30,29 @@ logger = get_logger(__name__)
 
 
 
+def _bench_sizes(backend, batch_sizes: Optional[Sequence[int]]) -> List[int]:
+    """The batch sizes to measure: those asked for, else the model's own (a static-batch ``.om``), else 1.
+    A static-batch model runs its own batch only: another would be a figure divided by a batch it never
+    executed, so it is refused."""
+    own = backend.static_batch if not getattr(backend, "dynamic_batch", False) else None
+    sizes = list(batch_sizes) if batch_sizes else [backend.static_batch or 1]
+    wrong = [b for b in sizes if own is not None and b != own]
+    if wrong:
+        raise UsageError(f"{backend.source or backend.name}: a static batch-{own} model runs batch {own} only, not "
+                         f"{', '.join(map(str, wrong))}: leave --batch-sizes out (the model's batch is measured)")
+    return sizes
+
+
+def _use_batch(backend, batch: int) -> None:
+    """A dynamic-batch model switches to ``batch`` (checked against the batches it was built with)."""
+    if getattr(backend, "dynamic_batch", False):
+        backend.use_batch(batch)
+
+
 def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike, *,
-          batch_sizes: Sequence[int] = (1,), warmup: int = 1, repeats: int = 3, host_images: int = 200,
+          batch_sizes: Optional[Sequence[int]] = None, warmup: int = 1, repeats: int = 3, host_images: int = 200,
           end_to_end: bool = True, loader_threads: int = 2, host: str = "auto", versus: Optional[ModelSpec] = None,
-          published: str = DEFAULT_PUBLISHED) -> int:
+          published: str = DEFAULT_PUBLISHED, device_ids: Optional[Sequence[int]] = None) -> int:
     """``m2det bench``: measure, write bench.json and bench.md, print the table.
 
     ``published`` names the published table (``m2det_impl.published.published_names()``)
@@ -39,25 +60,41 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
 
     With ``versus`` a second backend's pure inference is measured side by side
     with the first (alternating repeats) and the speed ratio reported. The
-    output folder is checked before anything is measured."""
+    output folder is checked before anything is measured.
+
+    ``batch_sizes`` defaults to the model's own batch (a static-batch ``.om``),
+    else 1. ``device_ids`` with several ids measures pure inference on every
+    device at once, one worker process each (as ais_bench's ``--device``),
+    and reports each device's figure and their sum; end to end and the host
+    side are single-device measurements and are left out then."""
     from m2det_impl.pipeline.preprocess import load_and_preprocess
+    from m2det_impl.workflows.devices import check_device_ids
 
     table = published_record(published)  # an unknown name fails before any work
+    devices = check_device_ids(device_ids if device_ids else [model.device_id])
+    if len(devices) > 1 and versus is not None:
+        raise UsageError("--versus measures one device: give one --device-id with it")
     model.preflight()
     if versus is not None:
         versus.preflight()
+    if batch_sizes and model.batch_size is None:
+        model = replace(model, batch_size=batch_sizes[0])  # the batch a dynamic-batch .om opens at
     out = ensure_output_folder(output)
     records = dataset.records
+    if len(devices) > 1:
+        return _bench_on_devices(records, cfg, model, out, devices, batch_sizes, warmup, repeats, table)
     category_ids = category_ids_for(dataset.annotations, cfg)
-    tensors = [load_and_preprocess(r.path, cfg)[0] for r in records[: max(batch_sizes)]]
     backend = model.create(cfg)
     other = None
     try:
+        batch_sizes = _bench_sizes(backend, batch_sizes)
+        tensors = [load_and_preprocess(r.path, cfg)[0] for r in records[: max(batch_sizes)]]
         other = versus.create(cfg) if versus is not None else None
         data: Dict[str, object] = {"backend": getattr(backend, "name", model.backend), "size": cfg.size,
                                    "machine": machine_info(), "warmup": warmup, "repeats": repeats,
                                    "published": table, "inference": [], "end_to_end": []}
         for b in batch_sizes:
+            _use_batch(backend, b)
             if other is None:
                 logger.info(f"pure inference, batch {b} ...")
                 data["inference"].append(measure_inference(backend, tensors, b, warmup, repeats))
@@ -78,6 +115,7 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
                     f"{side['speed_ratio'][str(b)]:.2f}x")
         if end_to_end:
             for b in batch_sizes:
+                _use_batch(backend, b)
                 logger.info(f"end to end over {len(records)} images, batch {b}, paired with pure inference ...")
                 data["end_to_end"].append(measure_end_to_end(backend, records, cfg, category_ids, b,
                                                              repeats=repeats, loader_threads=loader_threads,
@@ -105,6 +143,58 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
             other.close()
     atomic_write_json(out / "bench.json", data, indent=2)
     text = bench_markdown(data)
+    atomic_write_text(out / "bench.md", text)
+    logger.log(RESULT, text)
+    logger.log(RESULT, f"-> {out / 'bench.json'}, {out / 'bench.md'}")
+    return EXIT_OK
+
+
+def _bench_task(ready, *, records, cfg: M2DetConfig, model: ModelSpec, batch_sizes, warmup: int,
+                repeats: int) -> Dict[str, object]:
+    """One device's pure inference at every batch size (a device worker's task): warmed up, then ``ready()``."""
+    import numpy as np
+
+    from m2det_impl.pipeline.preprocess import load_and_preprocess
+
+    backend = model.create(cfg)
+    try:
+        sizes = _bench_sizes(backend, batch_sizes)
+        tensors = [load_and_preprocess(r.path, cfg)[0] for r in records[: max(sizes)]]
+        _use_batch(backend, sizes[0])
+        backend.warm_up(np.stack([tensors[i % len(tensors)] for i in range(sizes[0])]))
+        ready()
+        rows = []
+        for b in sizes:
+            _use_batch(backend, b)
+            rows.append(measure_inference(backend, tensors, b, warmup, repeats))
+        return {"device": model.device_id, "backend": getattr(backend, "name", model.backend), "inference": rows}
+    finally:
+        backend.close()
+
+
+def _bench_on_devices(records, cfg: M2DetConfig, model: ModelSpec, out, devices: Sequence[int],
+                      batch_sizes: Optional[Sequence[int]], warmup: int, repeats: int, table) -> int:
+    from m2det_impl.workflows.devices import DeviceTask, run_on_devices
+
+    results = run_on_devices([DeviceTask(d, "m2det_impl.workflows.bench:_bench_task", dict(
+        records=list(records), cfg=cfg, model=replace(model, device_id=d), batch_sizes=batch_sizes, warmup=warmup,
+        repeats=repeats)) for d in devices])
+    rows = []
+    for per_batch in zip(*(r["inference"] for r in results)):
+        rates = [row["images_per_second"] for row in per_batch]
+        walls = [row["wall_clock_images_per_second"] for row in per_batch]
+        rows.append({**per_batch[0],
+                     "images_per_second": None if any(r is None for r in rates) else sum(rates),
+                     "wall_clock_images_per_second": sum(walls),
+                     "how": "sum over the devices of each device's figure (ais_bench's 'summary throughput')",
+                     "devices": {str(r["device"]): row for r, row in zip(results, per_batch)}})
+    data: Dict[str, object] = {"backend": results[0]["backend"], "size": cfg.size, "machine": machine_info(),
+                               "warmup": warmup, "repeats": repeats, "published": table,
+                               "devices": list(devices), "inference": rows, "end_to_end": []}
+    atomic_write_json(out / "bench.json", data, indent=2)
+    text = bench_markdown(data) + (f"\n\nPure inference on devices {', '.join(map(str, devices))} at once, one "
+                                   "worker process each: each row is the sum of the devices' figures (per device in "
+                                   "bench.json); end to end and the host side are measured on one device only.\n")
     atomic_write_text(out / "bench.md", text)
     logger.log(RESULT, text)
     logger.log(RESULT, f"-> {out / 'bench.json'}, {out / 'bench.md'}")

@@ -7,9 +7,11 @@ writes, so the guide's own post-processing runs on it unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from m2det_impl._io import PathLike, atomic_copy, ensure_output_folder
 from m2det_impl.backends.registry import runtimes
@@ -28,10 +30,13 @@ IMAGE_SUFFIXES = ("jpg", "jpeg", "JPG", "JPEG", "png")
 
 
 def export(cfg: M2DetConfig, out_dir: PathLike, *, weights: Optional[PathLike] = None,
-           batches: Sequence[int] = (), opset: int = 11, soc_version: str = "Ascend310P3") -> Dict[Optional[int], Path]:
+           batches: Sequence[int] = (), opset: int = 11, soc_version: str = "Ascend310P3",
+           dynamic_batches: Sequence[int] = ()) -> Dict[Optional[int], Path]:
     """ONNX files (one dynamic-batch file, or one per static batch for atc) and
     what each runtime's build step needs beside them (``atc_build.sh`` and the
-    atc census, from the Ascend entry); returns batch -> file.
+    atc census, from the Ascend entry); returns batch -> file. ``dynamic_batches``
+    (with no ``batches``): the dynamic-batch file, and in ``atc_build.sh`` the
+    command that builds one dynamic-batch ``.om`` for those batches.
 
     Each file comes through the one model cache (:func:`m2det_impl.backends.cache.cached_export`):
     an export made before for the same config, weights, batch, opset, library
@@ -42,6 +47,9 @@ def export(cfg: M2DetConfig, out_dir: PathLike, *, weights: Optional[PathLike] =
     from m2det_impl.network.model import load_model
 
     check_model_file(weights, "checkpoint file", CheckpointError)
+    if dynamic_batches and batches:
+        raise UsageError("--dynamic-batch-sizes builds one dynamic-batch .om from the dynamic export; --batch "
+                         "makes static exports: give one or the other")
     out_dir = ensure_output_folder(out_dir).resolve()
     if weights is None:
         warn_golden()
@@ -64,7 +72,8 @@ def export(cfg: M2DetConfig, out_dir: PathLike, *, weights: Optional[PathLike] =
                            f"{record.seconds:.1f} s)")
     for entry in runtimes().values():  # each runtime's build step beside the ONNX files (atc's census and script)
         if entry.after_export is not None:
-            for line in entry.after_export(files, out_dir, soc_version=soc_version, size=cfg.size):
+            for line in entry.after_export(files, out_dir, soc_version=soc_version, size=cfg.size,
+                                           dynamic_batches=tuple(dynamic_batches)):
                 logger.log(RESULT, line)
     return files
 
@@ -116,61 +125,208 @@ def preprocess(dataset: Dataset, cfg: M2DetConfig, output: PathLike, *, info_nam
 
 @dataclass(frozen=True)
 class InferResult:
-    """Where ``infer`` wrote: the outputs folder and, for the ais layout, its summary file."""
+    """Where ``infer`` wrote: the outputs folder and, for the ais layout, its summary file (several devices:
+    the folder holding the ``device{N}`` folders, and the file with the total throughput)."""
 
     folder: Path
     summary: Optional[Path]
     count: int
+    throughput: Optional[float] = None
 
 
-def infer(inputs: PathLike, cfg: M2DetConfig, model: ModelSpec, output: PathLike, *, batch_size: int = 1,
-          naming: str = "ais", output_dirname: Optional[str] = None, outfmt: str = "BIN", progress: bool = True) -> InferResult:
-    """Run ``model`` over a folder of ``.bin`` inputs (or images) and write the
+def _input_files(inputs: Path) -> List[Path]:
+    """ais_bench's inputs of a folder (``.bin``/``.npy``, natural order), else its images."""
+    from m2det_impl.pipeline.ais_files import INPUT_SUFFIXES, natural_sorted
+    from m2det_impl.pipeline.preprocess import list_images
+
+    files = natural_sorted(p for p in inputs.iterdir() if p.suffix in INPUT_SUFFIXES and p.is_file())
+    return files or natural_sorted(list_images(inputs, IMAGE_SUFFIXES))
+
+
+def _check_npy_inputs(files: Sequence[Path], cfg: M2DetConfig) -> None:
+    """Every ``.npy`` input holds one preprocessed image, float32 ``[1, 3, S, S]`` or ``[3, S, S]`` (its
+    header only): ais_bench feeds an ``.npy``'s bytes uncast, so another type or size cannot be the model's."""
+    import numpy as np
+
+    for path in files:
+        if path.suffix.lower() != ".npy":
+            continue
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputFileError(path, f"cannot read input .npy file ({getattr(exc, 'strerror', None) or exc})") \
+                from None
+        if array.dtype != np.float32 or tuple(array.shape) not in ((1, 3, cfg.size, cfg.size), (3, cfg.size, cfg.size)):
+            raise InputFileError(path, f"input .npy holds {array.dtype} {list(array.shape)}, expected float32 "
+                                       f"[1, 3, {cfg.size}, {cfg.size}] (one preprocessed image)")
+
+
+def _read_input(path: Path, cfg: M2DetConfig):
+    import numpy as np
+
+    from m2det_impl.pipeline.preprocess import load_and_preprocess, read_bin
+
+    suffix = path.suffix.lower()
+    if suffix == ".bin":
+        return read_bin(path, cfg)
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False).reshape(1, 3, cfg.size, cfg.size)
+    return load_and_preprocess(path, cfg)[0][None]
+
+
+def _check_writable(folder: Path) -> None:
+    """The folder can be written (or made), without making it: a bad input found later leaves nothing."""
+    from m2det_impl.errors import OutputFileError
+
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputFileError(folder, f"output folder cannot be written ({probe} is not a writable folder)")
+
+
+def infer(inputs: PathLike, cfg: M2DetConfig, model: ModelSpec, output: PathLike, *,
+          batch_size: Optional[int] = None, naming: str = "ais", output_dirname: Optional[str] = None,
+          outfmt: str = "BIN", progress: bool = True, device_ids: Optional[Sequence[int]] = None) -> InferResult:
+    """Run ``model`` over a folder of ``.bin``/``.npy`` inputs (or images) and write the
     outputs as the Ascend tools do: ``naming="ais"`` writes ais_bench's layout
     (a time-stamped sub-folder, or ``output_dirname``, with ``<stem>_0`` scores
     and ``<stem>_1`` loc, and ``<sub-folder>_summary.json`` beside it);
-    ``naming="benchmark"`` writes the older tool's flat ``_1``/``_2`` files."""
-    import numpy as np
-    from tqdm.auto import tqdm
+    ``naming="benchmark"`` writes the older tool's flat ``_1``/``_2`` files.
 
+    Inputs are taken in ais_bench's natural order. The batch is the model's own
+    when it has one (a static-batch ``.om``), else ``batch_size`` (a
+    dynamic-batch ``.om`` checks it against the batches it was built with),
+    else 1; the summary's throughput divides by the batch each execute ran,
+    over the timed executes only (the backend's warm-up is in no list).
+
+    ``device_ids`` with several ids runs one worker process per device, the
+    inputs divided evenly in order, as ais_bench's ``--device 0,1``:
+    ``<output>/<name>/device{N}/`` and ``device{N}_summary.json`` per device,
+    and ``<output>/<name>/throughput.json`` with the sum of the devices'
+    throughputs. Every check on the inputs, the options and the model runs
+    before anything is written."""
     from m2det_impl.backends.preflight import check_bin_inputs
-    from m2det_impl.pipeline.ais_files import AisOutputWriter, write_outputs
-    from m2det_impl.pipeline.preprocess import list_images, load_and_preprocess, read_bin
+    from m2det_impl.pipeline.ais_files import check_output_dirname
+    from m2det_impl.workflows.devices import check_device_ids
 
     inputs = Path(inputs)
     if not inputs.exists():
         raise InputFileError(inputs, "input folder not found")
     if not inputs.is_dir():
-        raise InputFileError(inputs, "not a folder (give the folder of .bin inputs or images)")
-    files = sorted(inputs.glob("*.bin")) or list_images(inputs, IMAGE_SUFFIXES)
-    if not files:
-        raise InputFileError(inputs, "no .bin inputs or images in this folder")
+        raise InputFileError(inputs, "not a folder (give the folder of .bin or .npy inputs, or images)")
     if naming not in ("ais", "benchmark"):
         raise UsageError(f"naming must be ais or benchmark, got {naming!r}")
+    check_output_dirname(output_dirname)
+    files = _input_files(inputs)
+    if not files:
+        raise InputFileError(inputs, "no .bin inputs or images in this folder (nor .npy inputs)")
+    devices = check_device_ids(device_ids if device_ids else [model.device_id], len(files))
+    if len(devices) > 1 and naming != "ais":
+        raise UsageError("several devices write ais_bench's per-device layout: use --naming ais")
     model.preflight()
-    check_bin_inputs([f for f in files if f.suffix == ".bin"], cfg)
-    out = ensure_output_folder(output)
-    writer = AisOutputWriter(out, output_dirname=output_dirname, outfmt=outfmt) if naming == "ais" else None
-    first = 1 if naming == "benchmark" else 0
-    backend = model.create(cfg)
+    check_bin_inputs([f for f in files if f.suffix.lower() == ".bin"], cfg)
+    _check_npy_inputs(files, cfg)
+    out = Path(output)
+    _check_writable(out)
+    if batch_size is not None:
+        model = replace(model, batch_size=batch_size)
+    if len(devices) == 1:
+        done = _infer_files([str(f) for f in files], cfg, replace(model, device_id=devices[0]), str(out),
+                            batch_size=batch_size, naming=naming, output_dirname=output_dirname, outfmt=outfmt,
+                            progress=progress)
+        summary = Path(done["summary"]) if done["summary"] else None
+        return InferResult(Path(done["folder"]), summary, len(files), done["throughput"])
+    return _infer_on_devices(files, cfg, model, out, devices, batch_size=batch_size, output_dirname=output_dirname,
+                             outfmt=outfmt)
+
+
+def _infer_on_devices(files: Sequence[Path], cfg: M2DetConfig, model: ModelSpec, out: Path, devices: Sequence[int],
+                      *, batch_size: Optional[int], output_dirname: Optional[str], outfmt: str) -> InferResult:
+    import time
+
+    from m2det_impl._io import atomic_write_json
+    from m2det_impl.workflows.devices import DeviceTask, run_on_devices, split_evenly
+
+    name = output_dirname or time.strftime("%Y_%m_%d-%H_%M_%S")
+    root = out / name
+    shares = split_evenly([str(f) for f in files], len(devices))
+    tasks = [DeviceTask(device, "m2det_impl.workflows.files:_infer_task",
+                        dict(files=share, cfg=cfg, model=replace(model, device_id=device), output=str(root),
+                             batch_size=batch_size, naming="ais", output_dirname=f"device{device}", outfmt=outfmt,
+                             progress=False))
+             for device, share in zip(devices, shares)]
+    results = run_on_devices(tasks)
+    total = sum(float(r["throughput"]) for r in results)
+    path = atomic_write_json(root / "throughput.json", {
+        "throughput": total,
+        "how": "sum of the devices' throughputs (ais_bench's 'summary throughput'), each 1000 * batch / mean "
+               "execute ms of that device's timed executes; the devices ran at once (after a common start)",
+        "devices": [{k: r[k] for k in ("device", "throughput", "count", "batch", "summary", "folder", "start", "end")}
+                    for r in results],
+    }, indent=4)
+    for r in results:
+        logger.log(RESULT, f"device {r['device']}: {r['count']} inputs -> {r['folder']}, throughput "
+                           f"{r['throughput']:.3f} img/s; summary {r['summary']}")
+    logger.log(RESULT, f"{len(files)} inputs on {len(devices)} devices: total throughput {total:.3f} img/s -> {path}")
+    return InferResult(root, path, len(files), total)
+
+
+def _infer_task(ready, **kwargs) -> Dict[str, object]:
+    """One device's share of :func:`infer` (a device worker's task)."""
+    return _infer_files(ready=ready, **kwargs)
+
+
+def _infer_files(files: Sequence[str], cfg: M2DetConfig, model: ModelSpec, output: str, *,
+                 batch_size: Optional[int], naming: str, output_dirname: Optional[str], outfmt: str,
+                 progress: bool, ready=None) -> Dict[str, object]:
+    """Open the backend, warm it up on the first batch, (``ready()``: wait for the other devices), then
+    run every input and write the outputs; what came out, as a small dict."""
+    import time
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from m2det_impl.pipeline.ais_files import AisOutputWriter, write_outputs
+
+    paths = [Path(f) for f in files]
+    backend = model.create(cfg)  # a batch the model cannot run fails here, before anything is written
     try:
-        for start in tqdm(range(0, len(files), batch_size), unit="batch", desc="m2det infer", disable=not progress):
-            chunk = files[start: start + batch_size]
-            batch = np.concatenate([
-                read_bin(f, cfg) if f.suffix == ".bin" else load_and_preprocess(f, cfg)[0][None] for f in chunk
-            ])
-            scores, loc = backend.infer(batch)
+        batch = backend.static_batch or batch_size or 1
+        chunks = [paths[i: i + batch] for i in range(0, len(paths), batch)]
+        first = np.concatenate([_read_input(f, cfg) for f in chunks[0]])
+        backend.warm_up(first, max_batch=batch)
+        if ready is not None:
+            ready()
+        out = ensure_output_folder(output)
+        writer = AisOutputWriter(out, output_dirname=output_dirname, outfmt=outfmt,
+                                 flat_scores=backend.flat_scores) if naming == "ais" else None
+        index = 1 if naming == "benchmark" else 0
+        start = time.time()
+        for k, chunk in enumerate(tqdm(chunks, unit="batch", desc="m2det infer", disable=not progress)):
+            images = first if k == 0 else np.concatenate([_read_input(f, cfg) for f in chunk])
+            scores, loc = backend.infer(images, max_batch=batch)
             for i, f in enumerate(chunk):
                 if writer is not None:
                     writer.add(f, scores[i], loc[i])
                 else:
-                    write_outputs(out, f.stem, scores[i], loc[i], first_index=first)
+                    write_outputs(out, f.stem, scores[i], loc[i], first_index=index)
+        end = time.time()
         times, clock = list(backend.execute_times_ms), backend.execute_clock
+        h2d, d2h, warmup = list(backend.h2d_times_ms), list(backend.d2h_times_ms), backend.warmup_executes
     finally:
         backend.close()
-    if writer is not None:
-        summary = writer.finish(batch_size=batch_size, execute_times_ms=times, clock=clock)
-        logger.log(RESULT, f"{len(files)} inputs -> {writer.folder} (<stem>_0 scores, <stem>_1 loc, {outfmt}); summary {summary}")
-        return InferResult(writer.folder, summary, len(files))
-    logger.log(RESULT, f"{len(files)} inputs -> {out} (<stem>_{first}.bin scores, <stem>_{first + 1}.bin loc)")
-    return InferResult(out, None, len(files))
+    done: Dict[str, object] = {"device": model.device_id, "count": len(paths), "batch": batch, "start": start,
+                               "end": end, "folder": str(out), "summary": None, "throughput": None}
+    if writer is None:
+        logger.log(RESULT, f"{len(paths)} inputs -> {out} (<stem>_{index}.bin scores, <stem>_{index + 1}.bin loc)")
+        return done
+    summary = writer.finish(batch_size=batch, execute_times_ms=times, clock=clock, h2d_ms=h2d, d2h_ms=d2h,
+                            warmup_executes=warmup, extra={"backend": model.backend, "device": model.device_id,
+                                                           "inputs": len(paths)})
+    throughput = json.loads(summary.read_text())["throughput"]
+    done.update(folder=str(writer.folder), summary=str(summary), throughput=throughput)
+    logger.log(RESULT, f"{len(paths)} inputs -> {writer.folder} (<stem>_0 scores, <stem>_1 loc, {outfmt}); "
+                       f"batch {batch}, throughput {throughput:.3f} img/s over {len(times)} timed executes "
+                       f"({warmup} warm-up execute(s) untimed); summary {summary}")
+    return done

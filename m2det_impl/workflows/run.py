@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from dataclasses import replace
+from pathlib import Path
+from typing import List, Optional, Sequence
 
 from m2det_impl._io import PathLike, atomic_write_json, ensure_output_folder
 from m2det_impl.backends.spec import ModelSpec
+from m2det_impl.errors import UsageError
 from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.gating.gates import min_ap_gate
 from m2det_impl.logs import RESULT, get_logger
@@ -28,15 +31,22 @@ def category_ids_for(annotations: Optional[PathLike], cfg: M2DetConfig) -> List[
     return category_ids(load_annotations(annotations))
 
 
-def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, batch_size: int = 1,
+def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, batch_size: Optional[int] = None,
         shard: Optional[str] = None, fresh: bool = False, skip_bad: bool = False, loader_threads: int = 2,
-        host: str = "auto", report: bool = True, min_ap: Optional[float] = None, progress: bool = True) -> int:
+        host: str = "auto", report: bool = True, min_ap: Optional[float] = None, progress: bool = True,
+        device_ids: Optional[Sequence[int]] = None) -> int:
     """Run ``model`` over ``dataset`` into the folder ``out``; returns the exit code.
 
     Writes ``results.json`` (or a shard file), and with annotations
     ``summary.json`` and the report. Every finished image is journaled, so the
     same call after a kill resumes. ``min_ap`` gates AP@[.50:.95]; it fails,
     before any work, when the images have no annotations to score them.
+
+    ``batch_size``: images per call; default the model's own batch (a
+    static-batch ``.om``), else 1. ``device_ids`` with several ids runs one
+    worker process per device, device k on shard k/N of the images (the same
+    shards ``--shard`` makes, each journaled and resumable), then merges the
+    shards and scores them as one run: the same results and AP as on one device.
     """
     from m2det_impl.pipeline.evaluate import score_results
     from m2det_impl.pipeline.journal import PartialStore
@@ -49,7 +59,20 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
                                             "(give --annotations or --coco-root)")
         logger.info(verdict.message)
         return verdict.code
+    from m2det_impl.workflows.devices import check_device_ids
+
+    devices = check_device_ids(device_ids if device_ids else [model.device_id], len(records), "images")
+    if len(devices) > 1 and shard:
+        raise UsageError(f"--shard {shard} with {len(devices)} devices: several devices shard the images "
+                         "themselves; give one or the other")
     model.preflight()
+    if batch_size is not None:
+        model = replace(model, batch_size=batch_size)
+    if len(devices) > 1:
+        return _run_on_devices(dataset, cfg, model, out, devices, batch_size=batch_size, fresh=fresh,
+                               skip_bad=skip_bad, loader_threads=loader_threads, host=host, report=report,
+                               min_ap=min_ap)
+    model = replace(model, device_id=devices[0])
     parsed = parse_shard(shard) if shard else None
     if parsed:
         records = select_shard(records, *parsed)
@@ -69,6 +92,7 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
             logger.info(f"note: {outside} image(s) journaled in {store.path} are outside this run's selection: kept there, "
                 "left out of results.json")
         backend = model.create(cfg)
+        batch_size = backend.static_batch or batch_size or 1
         try:
             outcome = run_pipeline(records, backend, cfg, category_ids, batch_size=batch_size, store=store,
                                    skip_bad=skip_bad, loader_threads=loader_threads, progress=progress,
@@ -107,3 +131,48 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
         logger.info("NOTE: golden (untrained) weights: the AP above measures the pipeline, not the model; "
             "pass --weights m2det512_vgg.pth for the real figure")
     return code
+
+
+def _run_task(ready, **kwargs) -> dict:
+    """One device's shard of :func:`run` (a device worker's task); the shard file it wrote."""
+    from m2det_impl.pipeline.shards import parse_shard, shard_results_name
+
+    ready()  # an accuracy run: no timed start to align
+    code = run(**kwargs)
+    index, count = parse_shard(kwargs["shard"])
+    return {"device": kwargs["model"].device_id, "code": code,
+            "shard_file": str(Path(kwargs["out"]) / shard_results_name(index, count))}
+
+
+def _run_on_devices(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, devices: Sequence[int], *,
+                    batch_size: Optional[int], fresh: bool, skip_bad: bool, loader_threads: int, host: str,
+                    report: bool, min_ap: Optional[float]) -> int:
+    from m2det_impl.pipeline.evaluate import score_results
+    from m2det_impl.pipeline.shards import merge_shard_files
+    from m2det_impl.workflows.devices import DeviceTask, run_on_devices
+
+    out = ensure_output_folder(out)
+    count = len(devices)
+    done = run_on_devices([DeviceTask(device, "m2det_impl.workflows.run:_run_task", dict(
+        dataset=dataset, cfg=cfg, model=replace(model, device_id=device), out=str(out), batch_size=batch_size,
+        shard=f"{k}/{count}", fresh=fresh, skip_bad=skip_bad, loader_threads=loader_threads, host=host,
+        report=False, min_ap=None, progress=False)) for k, device in enumerate(devices)])
+    merged, image_ids, skipped = merge_shard_files([d["shard_file"] for d in done],
+                                                   [r.image_id for r in dataset.records])
+    results_path = atomic_write_json(out / "results.json", merged)
+    logger.log(RESULT, f"{len(image_ids)} images on devices {', '.join(map(str, devices))} (device k ran shard "
+                       f"k/{count}), {len(merged)} detections -> {results_path}")
+    if dataset.annotations is None:
+        logger.log(RESULT, "not scored: these images have no annotations (give --annotations or --coco-root for an AP)")
+        return EXIT_OK
+    identity = model.identity(cfg)
+    summary = score_results(dataset.annotations, merged, image_ids, out / "summary.json",
+                            extra={"identity": identity, "batch_size": batch_size, "skipped": skipped,
+                                   "golden_weights": model.weights is None, "devices": list(devices),
+                                   "shards": [d["shard_file"] for d in done]})
+    if report:
+        from m2det_impl.gating.report import write_run_report
+
+        paths = write_run_report(out, summary, cfg, dataset.records, merged, dataset.annotations)
+        logger.log(RESULT, "report: " + ", ".join(str(p) for p in paths))
+    return announce_and_gate(summary, out / "summary.json", min_ap)

@@ -59,3 +59,41 @@ def test_om_throughput_meets_published(om_paths, npu_runtime, device_id, golden_
     record_property("precision_mode", precision)
     print("\n" + "\n".join(rows))
     assert not failed, "throughput gate failed:\n" + "\n".join(failed)
+
+
+def test_om_throughput_on_every_device_at_once(om_paths, npu_runtime, device_ids, golden_forward, published_name,
+                                               tmp_path, record_property):
+    """``--device-id 0,1,...``: ``m2det infer`` on every device at once (one worker process each, as
+    ais_bench's ``--device``), each device's throughput held to the published figure, their sum recorded."""
+    import glob
+
+    import numpy as np
+
+    from m2det_impl.backends.spec import ModelSpec
+    from m2det_impl.network.config import get_config
+    from m2det_impl.workflows.files import infer
+
+    if len(device_ids) < 2:
+        pytest.skip("one device: give --device-id 0,1[,...] for the multi-device check")
+    missing = [d for d in device_ids if not glob.glob(f"/dev/davinci{d}")]
+    if missing:
+        pytest.skip(f"no Ascend device /dev/davinci{missing[0]}")
+    published = published_record(published_name, GATES["platform"])
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    failed = []
+    for path in om_paths:
+        for i in range(8 * len(device_ids) * 4):  # 8 batches of up to 4 per device
+            golden_forward[f"input_{i % 3}"][None].astype(np.float32).tofile(inputs / f"img{i}.bin")
+        result = infer(inputs, get_config(512), ModelSpec(backend="om", om=path), tmp_path / path.stem,
+                       output_dirname="run", device_ids=device_ids, progress=False)
+        total = json.loads(result.summary.read_text())
+        for device in total["devices"]:
+            figure = {"images_per_second": device["throughput"]}
+            batch = device["batch"]
+            verdict = throughput_gate({**figure, "batch_size": batch, "runtime_timed": True}, published,
+                                      GATES["relative_tolerance"])
+            if not verdict.passed:
+                failed.append(f"{path.name}, device {device['device']}: {verdict.message}")
+        record_property(f"throughput_all_devices_{path.stem}", total["throughput"])
+    assert not failed, "throughput gate failed:\n" + "\n".join(failed)

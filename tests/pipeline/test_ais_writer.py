@@ -37,7 +37,8 @@ def test_writer_puts_scores_in_0_and_loc_in_1(tmp_path, outfmt):
         assert np.array_equal(np.fromfile(first, np.float32), scores.ravel())
         assert np.array_equal(np.fromfile(second, np.float32), loc.ravel())
     elif outfmt == "NPY":
-        assert np.array_equal(np.load(first), scores) and np.array_equal(np.load(second), loc)
+        # ais_bench's np.array_split keeps the batch axis: [1, P, C] and [1, P, 4]
+        assert np.array_equal(np.load(first), scores[None]) and np.array_equal(np.load(second), loc[None])
     else:
         assert np.allclose(np.loadtxt(first, ndmin=2), scores) and np.allclose(np.loadtxt(second, ndmin=2), loc)
     pairs, problems = scan_outputs(tmp_path / "run", cfg)

@@ -65,7 +65,7 @@ def _read_fusion_map(path):
 def _build(spec, cfg):
     if spec.om is None:
         raise InputFileError(None, f"the {OM.name} backend needs an .om model: give --om PATH")
-    return OmBackend(Path(spec.om), device_id=spec.device_id)
+    return OmBackend(Path(spec.om), device_id=spec.device_id, batch_size=spec.batch_size)
 
 
 OM = register(Runtime(

@@ -32,6 +32,7 @@ __all__ = [
     "atc_census",
     "atc_argv",
     "atc_command",
+    "atc_dynamic_argv",
     "write_atc_script",
     "write_build_files",
 ]
@@ -178,6 +179,38 @@ def atc_argv(
     ]
 
 
+def atc_dynamic_argv(
+    onnx_path: PathLike,
+    batches: Iterable[int],
+    soc_version: str = "Ascend310P3",
+    output: Optional[PathLike] = None,
+    size: int = 512,
+    log: str = "error",
+) -> List[str]:
+    """The ``atc`` arguments that build ONE dynamic-batch ``.om`` from the dynamic-batch ONNX export:
+    ``--input_shape=image:-1,3,S,S --dynamic_batch_size=1,4,8`` (atc's gears). Such a model runs any of
+    ``batches`` (aclruntime's ``set_dynamic_batchsize``; ``m2det infer/run --backend om --batch-size N``).
+
+    ``output`` defaults to ``<onnx stem>_dynbs`` beside the ONNX file."""
+    gears = sorted({int(b) for b in batches})
+    if not gears or any(isinstance(b, bool) or b < 1 for b in gears):
+        raise UsageError(f"dynamic batch sizes must be positive ints, got {list(batches)!r}")
+    onnx_path = Path(onnx_path)
+    if output is None:
+        output = onnx_path.with_name(onnx_path.stem + "_dynbs")
+    return [
+        "atc",
+        "--framework=5",
+        f"--model={onnx_path}",
+        "--input_format=NCHW",
+        f"--input_shape={INPUT_NAME}:-1,3,{int(size)},{int(size)}",
+        f"--dynamic_batch_size={','.join(map(str, gears))}",
+        f"--output={output}",
+        f"--log={log}",
+        f"--soc_version={soc_version}",
+    ]
+
+
 def atc_command(
     onnx_path: PathLike,
     batch: int,
@@ -244,10 +277,11 @@ def write_atc_script(
 
 
 def write_build_files(files: Mapping[Optional[int], Path], out_dir: Path, *, soc_version: str = "Ascend310P3",
-                      size: int = 512, **_options: object) -> List[str]:
+                      size: int = 512, dynamic_batches: Iterable[int] = (), **_options: object) -> List[str]:
     """What ``atc`` needs beside freshly exported ONNX files: each file's census
-    (one line each; the details in ``atc_census.txt``) and, for the static
-    exports, ``atc_build.sh``. Returns the lines to show the user."""
+    (one line each; the details in ``atc_census.txt``) and ``atc_build.sh``:
+    one static-batch ``.om`` per static export and, with ``dynamic_batches``,
+    one dynamic-batch ``.om`` from the dynamic export. Returns the lines to show the user."""
     lines: List[str] = []
     details: List[str] = []
     for batch, path in files.items():
@@ -260,10 +294,22 @@ def write_build_files(files: Mapping[Optional[int], Path], out_dir: Path, *, soc
     census = atomic_write_text(Path(out_dir) / "atc_census.txt", "\n".join(details))
     lines.append(f"atc census details -> {census}")
     static = {b: p for b, p in files.items() if b is not None}
-    if static:
-        script = write_atc_script(Path(out_dir) / "atc_build.sh", static, sorted(static), soc_version, size)
-        lines.append(f"atc commands -> {script}:")
-        lines.append(script.read_text().rstrip("\n"))
+    dynamic = list(dynamic_batches)
+    if dynamic and None not in files:
+        raise UsageError("--dynamic-batch-sizes builds from the dynamic-batch export: drop --batch")
+    if static or dynamic:
+        script = Path(out_dir) / "atc_build.sh"
+        if static:
+            write_atc_script(script, static, sorted(static), soc_version, size)
+        commands = script.read_text().rstrip("\n").splitlines() if static else [
+            "#!/usr/bin/env bash", "# Builds the .om files (m2det_impl.backends.ascend.atc).", "set -euo pipefail"]
+        if dynamic:
+            commands.append(shlex.join(atc_dynamic_argv(Path(files[None]).resolve(), dynamic, soc_version, size=size)))
+        out = atomic_write_text(script, "\n".join(commands) + "\n")
+        out.chmod(0o755)
+        lines.append(f"atc commands -> {out}:")
+        lines.append(out.read_text().rstrip("\n"))
     else:
-        lines.append("dynamic-batch export (for ONNX Runtime); atc needs static exports: pass --batch B (repeatable)")
+        lines.append("dynamic-batch export (for ONNX Runtime); atc needs static exports (--batch B, repeatable) "
+                     "or gears for one dynamic-batch .om (--dynamic-batch-sizes 1,4,8)")
     return lines

@@ -11,6 +11,7 @@ from m2det_impl.cli.common import (
     add_model_options,
     config_from,
     dataset_from,
+    device_ids_from,
     int_list,
     model_from,
     positive_int,
@@ -25,8 +26,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     """The options of ``m2det bench``."""
     add_dataset_options(p)
     add_model_options(p, batch=False)
-    p.add_argument("--batch-sizes", type=int_list, default=[1], help="batch sizes to measure, comma separated "
-                                                                     "(default 1)")
+    p.add_argument("--batch-sizes", type=int_list, default=None,
+                   help="batch sizes to measure, comma separated (default: the model's own batch for a static-batch "
+                        ".om, else 1; a dynamic-batch .om runs each, if it was built for it)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before measuring, per batch size (default 1)")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats; the median is reported (default 3)")
     p.add_argument("--host-images", type=positive_int, default=200, help="images for the host-side figure")
@@ -52,4 +54,4 @@ def run(args) -> int:
     return bench(dataset_from(args), config_from(args), model_from(args), args.output, batch_sizes=args.batch_sizes,
                  warmup=args.warmup, repeats=args.repeats, host_images=args.host_images,
                  end_to_end=not args.no_end_to_end, loader_threads=args.loader_threads, host=args.host,
-                 versus=versus, published=args.published)
+                 versus=versus, published=args.published, device_ids=device_ids_from(args))

@@ -9,6 +9,7 @@ from m2det_impl.cli.common import (
     add_model_options,
     add_output_option,
     config_from,
+    int_list,
     positive_int,
 )
 from m2det_impl.errors import UsageError
@@ -22,6 +23,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_model_options(p, backends=False)
     p.add_argument("--batch", type=positive_int, action="append",
                    help="static batch size, repeatable (one file each, for atc); omit for one dynamic-batch file")
+    p.add_argument("--dynamic-batch-sizes", type=int_list, metavar="B,B,...",
+                   help="with no --batch: the dynamic-batch file, and in atc_build.sh one dynamic-batch .om built "
+                        "for these batches (atc --dynamic_batch_size); run it with --backend om --batch-size B")
     add_output_option(p, "folder for m2det512[_bsB].onnx and atc_build.sh (default .)", default=".",
                       old_names=("--out-dir",))
     p.add_argument("--opset", type=int, default=11, help="ONNX opset (default 11, what CANN's atc takes)")
@@ -44,5 +48,5 @@ def run(args) -> int:
                     progress=not args.quiet)
     else:
         export(cfg, args.output, weights=args.weights, batches=args.batch or (), opset=args.opset,
-               soc_version=args.soc_version)
+               soc_version=args.soc_version, dynamic_batches=args.dynamic_batch_sizes or ())
     return EXIT_OK

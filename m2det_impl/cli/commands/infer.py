@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from m2det_impl.cli.common import add_model_options, config_from, model_from
+from m2det_impl.cli.common import add_model_options, config_from, device_ids_from, model_from
 from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.pipeline.ais_files import OUTPUT_FORMATS
 
@@ -14,13 +14,14 @@ HELP = "run a backend over .bin files or images, writing outputs as ais_bench la
 def configure(p: argparse.ArgumentParser) -> None:
     """The options of ``m2det infer``."""
     add_model_options(p)
-    p.add_argument("--inputs", required=True, help="folder of .bin inputs (or images)")
+    p.add_argument("--inputs", required=True, help="folder of .bin or .npy inputs (or images), taken in ais_bench's "
+                                                   "natural order")
     p.add_argument("--output", required=True, help="folder for <stem>_0.bin (scores) and <stem>_1.bin (loc)")
     p.add_argument("--naming", choices=("ais", "benchmark"), default="ais",
                    help="ais: ais_bench's layout (time-stamped sub-folder, <stem>_0/_1, <name>_summary.json beside "
                         "it); benchmark: flat _1/_2 .bin files (the older tool)")
     p.add_argument("--output-dirname", help="ais layout: sub-folder name instead of the time stamp (ais_bench's "
-                                            "--output_dirname)")
+                                            "--output_dirname; relative to --output)")
     p.add_argument("--outfmt", choices=OUTPUT_FORMATS, default="BIN", help="ais layout: BIN, NPY or TXT "
                                                                             "(ais_bench's --outfmt; default BIN)")
 
@@ -29,5 +30,6 @@ def run(args) -> int:
     from m2det_impl.workflows.files import infer
 
     infer(args.inputs, config_from(args), model_from(args), args.output, batch_size=args.batch_size,
-          naming=args.naming, output_dirname=args.output_dirname, outfmt=args.outfmt, progress=not args.quiet)
+          naming=args.naming, output_dirname=args.output_dirname, outfmt=args.outfmt, progress=not args.quiet,
+          device_ids=device_ids_from(args))
     return EXIT_OK

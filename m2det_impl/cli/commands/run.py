@@ -11,6 +11,7 @@ from m2det_impl.cli.common import (
     add_output_option,
     config_from,
     dataset_from,
+    device_ids_from,
     model_from,
     positive_int,
 )
@@ -37,4 +38,5 @@ def run(args) -> int:
 
     return run(dataset_from(args), config_from(args), model_from(args), args.output, batch_size=args.batch_size,
                shard=args.shard, fresh=args.fresh, skip_bad=args.skip_bad, loader_threads=args.loader_threads,
-               host=args.host, report=not args.no_report, min_ap=args.min_ap, progress=not args.quiet)
+               host=args.host, report=not args.no_report, min_ap=args.min_ap, progress=not args.quiet,
+               device_ids=device_ids_from(args))

@@ -52,6 +52,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="trained checkpoint m2det512_vgg.pth (env M2DET_WEIGHTS)",
     )
     group.addoption(
+        "--om-json",
+        default=os.environ.get("M2DET_OM_JSON"),
+        help="npu layer: the atc JSON of the .om (atc --mode=1 --om=X.om --json=X.json), the fusion map "
+             "m2det drift aligns the device dump with (env M2DET_OM_JSON); optional",
+    )
+    group.addoption(
         "--coco-root",
         default=os.environ.get("M2DET_COCO_ROOT"),
         help="folder with instances_minival2014.json and val2014/ (env M2DET_COCO_ROOT)",

@@ -54,6 +54,10 @@ def check_model_inputs(spec: "ModelSpec") -> None:
     if spec.om is not None and "om" not in entry.model_files:
         takers = ", ".join(n for n, e in runtimes().items() if "om" in e.model_files)
         raise InputFileError(Path(spec.om), f"--om is for --backend {takers}, not --backend {entry.name}")
+    if spec.dump is not None and entry.read_dumps is None:
+        takers = ", ".join(n for n, e in runtimes().items() if e.read_dumps is not None)
+        raise InputFileError(Path(spec.dump), f"--dump is for --backend {takers} (a device that dumps every "
+                                              f"layer), not --backend {entry.name}")
     if entry.preflight is not None:
         entry.preflight(spec)
 

@@ -51,6 +51,7 @@ class ModelSpec:
     calib: Optional[PathLike] = None
     calib_images: Optional[int] = None
     sim_ms_per_image: float = 15.0  # simulated device time per image
+    dump: Optional[PathLike] = None  # folder for a layer-by-layer dump (the runtime's own, for m2det drift)
 
     @property
     def runtime(self) -> Runtime:

@@ -134,7 +134,8 @@ def model_from(args, backend: str = ""):
                      device_id=devices[0] if devices else 0, batch_size=getattr(args, "batch_size", None),
                      threads=getattr(args, "threads", None),
                      calib=getattr(args, "calib", None), calib_images=getattr(args, "calib_images", None),
-                     sim_ms_per_image=getattr(args, "sim_ms_per_image", 15.0))
+                     sim_ms_per_image=getattr(args, "sim_ms_per_image", 15.0),
+                     dump=args.output if getattr(args, "dump", False) else None)
 
 
 def device_ids_from(args) -> Tuple[int, ...]:

@@ -336,7 +336,8 @@ def build_aclruntime(generation: str = "2023") -> types.ModuleType:
                 else:
                     shape = [spec.max_batch, spec.priors, 4]
                 self._outputs.append(tensor_desc(name, _DType("float32"), shape, 4 * int(np.prod(shape))))
-            _log(spec, "load", device=device_id, path=model_path, generation=generation)
+            _log(spec, "load", device=device_id, path=model_path, generation=generation,
+                 acl_json=getattr(self._options, "acl_json_path", ""))
 
         # -- description
         def options(self):

@@ -283,3 +283,31 @@ def test_a_device_that_cannot_start_stops_them_all_before_anything_is_written(tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "device " in err[0] and str(om) in err[0] and "batch 2 is not one" in err[0], err
     assert not out.exists()
+
+
+def test_infer_dump_writes_ais_benchs_acl_json_and_opens_the_session_with_it(tmp_path, monkeypatch):
+    """Issue 22: ``m2det infer --dump`` is ``ais_bench --dump``: ``<output>/acl.json`` dumping every op of the
+    model into ``<output>/dump``, given to the runtime when the session opens, and no warm-up execute (it would
+    be dumped as an extra iteration)."""
+    install(monkeypatch, "2023", ais_bench=False)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    om = _om(tmp_path, name="m2det_bs1.om", batch=1, exec_ms=60.0, cold_ms=900.0, log_dir=str(logs))
+    out = tmp_path / "out"
+    assert _infer(om, _inputs(tmp_path / "in", 1), out, "--dump") == EXIT_OK
+    acl = json.loads((out / "acl.json").read_text())
+    assert acl == {"dump": {"dump_list": [{"model_name": "m2det_bs1"}], "dump_mode": "all",
+                            "dump_path": str(out / "dump")}}
+    assert (out / "dump").is_dir()
+    assert [e["acl_json"] for e in read_events(logs, "load")] == [str(out / "acl.json")]
+    summary = _summary(out)
+    assert summary["args"][-1] == "--warmup_count=0" and summary["npu_compute_time_list"] == [900.0]
+
+
+def test_dump_is_refused_for_a_runtime_that_dumps_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["infer", "--backend", "simulated-npu", "--inputs", str(_inputs(tmp_path / "in", 1)),
+                 "--size", "512", "--output", str(out), "--dump", "--quiet"])
+    assert code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dump is for --backend om" in err[0]

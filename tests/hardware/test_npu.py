@@ -152,3 +152,51 @@ def test_om_against_the_fp16_forecast(request, image_set, om_paths, ascend_devic
                             "the device does (another precision mode? set M2DET_PRECISION_MODE; fp16 arithmetic "
                             "inside vector operators?)")
     assert not failures, "\n".join(failures)
+
+
+# ------------------------------------------------------------------ where it drifts: the device's own dump
+def test_om_layer_dump_names_the_first_divergent_layer(om_paths, ascend_device, reference_export, golden_forward,
+                                                        cfg512, tmp_path, pytestconfig, record_property):
+    """The whole drift chain on each batch-1 ``.om`` under test (issue 22, docs/drift.md): ``m2det infer
+    --dump`` in a fresh process (ACL reads acl.json once, at aclInit, so the dump cannot share this process's
+    ACL), then ``m2det drift`` against ONNX Runtime on the same input. Fails naming the first layer in graph
+    order whose drift is outside its fp16-forecast bound, which is where an output tolerance failure began."""
+    import subprocess
+    import sys
+
+    from m2det_impl.pipeline.preprocess import preprocess_image, write_bin
+    from m2det_impl.workflows.drift import drift
+
+    batch_one = []
+    for path in om_paths:
+        with OmBackend(path, device_id=ascend_device, num_classes=cfg512.num_classes) as backend:
+            if backend.static_batch == 1:
+                batch_one.append(path)
+    if not batch_one:
+        pytest.skip("no batch-1 .om among --om: a layer dump is one inference of one image (build one with "
+                    "m2det export --batch 1 and atc)")
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    image = write_bin(inputs / "golden_0.bin", preprocess_image(golden_forward["image_0"], cfg512)[None])
+    om_json = pytestconfig.getoption("--om-json")
+    failures = []
+    for path in batch_one:
+        out = tmp_path / path.stem
+        done = subprocess.run([sys.executable, "-m", "m2det_impl.cli", "infer", "--backend", "om", "--om", str(path),
+                               "--inputs", str(inputs), "--output", str(out), "--output-dirname", "run", "--dump",
+                               "--device-id", str(ascend_device), "--quiet"], capture_output=True, text=True,
+                              timeout=1800)
+        assert done.returncode == 0, f"{path}: m2det infer --dump failed: {done.stderr.strip()}"
+        outcome = drift(reference_export.path, image, out / "dump", out / "drift", om_json=om_json)
+        report = outcome.report
+        record_property(f"drift_{path.stem}", str(outcome.json_path))
+        print(f"{path.name}: {len(report.nodes)} layers compared, {len(report.unmatched)} dumped outputs "
+              f"unmatched; {outcome.markdown_path}")
+        if outcome.exit_code != 0:
+            first = report.first_divergent
+            where = (f"first divergent layer {first.match.node} (depth {first.depth}, dumped as "
+                     f"{first.match.dump_op}): rel_l2 {first.rel_l2:.4g} > bound {first.bound.value:.4g}"
+                     if first is not None else "no dumped layer could be aligned with the ONNX model "
+                                                "(give --om-json X.json from atc --mode=1)")
+            failures.append(f"{path}: {where}; table {outcome.markdown_path}")
+    assert not failures, "\n".join(failures)

@@ -65,7 +65,12 @@ def _read_fusion_map(path):
 def _build(spec, cfg):
     if spec.om is None:
         raise InputFileError(None, f"the {OM.name} backend needs an .om model: give --om PATH")
-    return OmBackend(Path(spec.om), device_id=spec.device_id, batch_size=spec.batch_size)
+    acl_json = None
+    if spec.dump is not None:  # ais_bench --dump: acl.json beside the outputs, the dump under <output>/dump
+        from .acl_json import write_acl_json
+
+        acl_json = write_acl_json(spec.dump, spec.om)
+    return OmBackend(Path(spec.om), device_id=spec.device_id, batch_size=spec.batch_size, acl_json=acl_json)
 
 
 OM = register(Runtime(

@@ -198,8 +198,11 @@ class _AisBenchRunner(_Runner):
 
     kind = "ais_bench"
 
-    def __init__(self, interface: Any, path: Path, device_id: int):
-        self.session = interface.InferSession(device_id, str(path))
+    def __init__(self, interface: Any, path: Path, device_id: int, acl_json: Optional[Path] = None):
+        if acl_json is None:
+            self.session = interface.InferSession(device_id, str(path))
+        else:
+            self.session = interface.InferSession(device_id, str(path), acl_json_path=str(acl_json))
         self._open_memory(sys.modules.get("aclruntime"))  # the binding ais_bench itself imported
 
     def run(self, array: np.ndarray, output_names: List[str]) -> List[np.ndarray]:
@@ -214,11 +217,13 @@ class _AclRuntimeRunner(_Runner):
 
     kind = "aclruntime"
 
-    def __init__(self, aclruntime: Any, path: Path, device_id: int):
+    def __init__(self, aclruntime: Any, path: Path, device_id: int, acl_json: Optional[Path] = None):
         self.acl = aclruntime
         self.device_id = device_id
         options = aclruntime.session_options()  # attributes loop, log_level, acl_json_path
         options.loop = 1  # one execute per run, so one exec_time_list entry per call
+        if acl_json is not None:
+            options.acl_json_path = str(acl_json)
         self.session = aclruntime.InferenceSession(str(path), device_id, options)
         self._open_memory(aclruntime)
 
@@ -233,7 +238,7 @@ class _AclRuntimeRunner(_Runner):
         return arrays
 
 
-def _open_runner(path: Path, device_id: int, runtime: Optional[str]):
+def _open_runner(path: Path, device_id: int, runtime: Optional[str], acl_json: Optional[Path] = None):
     """The first importable runtime: ais_bench, then aclruntime (or only ``runtime``)."""
     order = [runtime] if runtime else ["ais_bench", "aclruntime"]
     errors = []
@@ -242,11 +247,11 @@ def _open_runner(path: Path, device_id: int, runtime: Optional[str]):
             if name == "ais_bench":
                 from ais_bench.infer import interface  # type: ignore[import-not-found]
 
-                opener: Any = lambda: _AisBenchRunner(interface, path, device_id)  # noqa: E731
+                opener: Any = lambda: _AisBenchRunner(interface, path, device_id, acl_json)  # noqa: E731
             elif name == "aclruntime":
                 import aclruntime  # type: ignore[import-not-found]
 
-                opener = lambda: _AclRuntimeRunner(aclruntime, path, device_id)  # noqa: E731
+                opener = lambda: _AclRuntimeRunner(aclruntime, path, device_id, acl_json)  # noqa: E731
             else:
                 raise UsageError(f"unknown Ascend runtime {name!r}: use 'ais_bench' or 'aclruntime'")
         except ImportError as exc:
@@ -269,6 +274,8 @@ class OmBackend(Backend):
     importable. ``num_classes`` tells the scores output from loc by shape.
     ``batch_size``: for a dynamic-batch model, the batch to run (one it was
     built with); for a static-batch model, ``None`` or its own batch.
+    ``acl_json``: an ``acl.json`` for ACL (a layer dump, as ``ais_bench --dump``
+    writes it: :mod:`.acl_json`); the session then runs no warm-up execute.
     Inputs are cast to the model's input type (float16 when ``atc`` was told
     so); outputs come back as float32 ``(scores [B,P,C], loc [B,P,4])``.
     """
@@ -276,14 +283,18 @@ class OmBackend(Backend):
     warmup_executes = 1  # ais_bench's --warmup_count default: one untimed execute per session
 
     def __init__(self, path: Union[str, Path], device_id: int = 0, runtime: Optional[str] = None,
-                 num_classes: int = 81, batch_size: Optional[int] = None):
+                 num_classes: int = 81, batch_size: Optional[int] = None, acl_json: Optional[Path] = None):
         path = Path(path)
         if not path.is_file():
             raise InputFileError(path, ".om model not found")
         self.source = str(path)
         self.device_id = int(device_id)
         self.num_classes = int(num_classes)
-        self.runner = _open_runner(path, self.device_id, runtime)
+        self.runner = _open_runner(path, self.device_id, runtime, acl_json)
+        if acl_json is not None:
+            # ais_bench --dump runs no warm-up: every execute is dumped, and the first one must be the input's
+            self.warmup_executes = 0
+        self.acl_json = acl_json
         self.name = "om"
         clock = self.runner.clock
         #: True when :attr:`execute_times_ms` are the runtime's own execute times (what ais_bench divides by).

@@ -22,13 +22,19 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "it); benchmark: flat _1/_2 .bin files (the older tool)")
     p.add_argument("--output-dirname", help="ais layout: sub-folder name instead of the time stamp (ais_bench's "
                                             "--output_dirname; relative to --output)")
+    p.add_argument("--dump", action="store_true",
+                   help="dump every layer as ais_bench --dump does: <output>/acl.json, the dump under <output>/dump, "
+                        "no warm-up; one device; read it with m2det drift (docs/drift.md)")
     p.add_argument("--outfmt", choices=OUTPUT_FORMATS, default="BIN", help="ais layout: BIN, NPY or TXT "
                                                                             "(ais_bench's --outfmt; default BIN)")
 
 
 def run(args) -> int:
+    from m2det_impl.errors import UsageError
     from m2det_impl.workflows.files import infer
 
+    if args.dump and len(device_ids_from(args)) > 1:
+        raise UsageError("--dump takes one device: a dump is one inference of one model (give one --device-id)")
     infer(args.inputs, config_from(args), model_from(args), args.output, batch_size=args.batch_size,
           naming=args.naming, output_dirname=args.output_dirname, outfmt=args.outfmt, progress=not args.quiet,
           device_ids=device_ids_from(args))

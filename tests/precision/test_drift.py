@@ -468,3 +468,27 @@ def test_m2det512_thirty_conv_layers_clean_passes_and_a_fault_is_named(golden_ex
     assert faulty_run.report.first_divergent.match.node == picked[k].node
     assert all(n.passed for n in faulty_run.report.nodes[:k])
     assert time.perf_counter() - started < 120
+
+
+def test_alignment_follows_graph_order_not_names():
+    """The first divergent node is the first in the order the device ran them: a graph whose node and value
+    names sort the other way round still comes back in graph order (dumps read in any order)."""
+    from types import SimpleNamespace
+
+    from onnx import TensorProto, helper
+
+    from m2det_impl.precision.drift import align
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2, 2])
+    y = helper.make_tensor_value_info("aa_out", TensorProto.FLOAT, [1, 2, 2, 2])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["zz_out"], name="zz_first"),
+                               helper.make_node("Relu", ["zz_out"], ["aa_out"], name="aa_second")], "g", [x], [y])
+    model = helper.make_model(graph)
+
+    def dumped(node):
+        out = SimpleNamespace(original_name=node, original_index=0, index=0)
+        return SimpleNamespace(op_name=node, op_type="Relu", path=Path(f"Relu.{node}.1.1.1"), outputs=[out])
+
+    ordered, unmatched = align([dumped("aa_second"), dumped("zz_first")], model)
+    assert unmatched == []
+    assert [(m.node, m.tensor) for m in ordered] == [("zz_first", "zz_out"), ("aa_second", "aa_out")]

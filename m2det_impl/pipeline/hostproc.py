@@ -44,7 +44,7 @@ from collections import deque
 from multiprocessing import connection as mp_connection
 from multiprocessing import shared_memory
 from pathlib import Path
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -91,6 +91,75 @@ def _attach(desc, attached: Dict[str, shared_memory.SharedMemory]) -> np.ndarray
     return np.ndarray(shape, np.float32, buffer=attached[name].buf)
 
 
+
+# ------------------------------------------------------------------ the messages on a worker's pipe
+# Named tuples: pickled as small as the plain tuples they replace (one per batch, not per pixel), and read
+# by field name on both sides, so a message's layout is written down once.
+class Hello(NamedTuple):
+    """Caller -> new worker, first: the caller's ``sys.path`` and the pickled decode function."""
+    path: List[str]
+    decode_blob: bytes
+
+
+class Ready(NamedTuple):
+    """New worker -> caller: set up and waiting."""
+    pid: int
+
+
+class Setup(NamedTuple):
+    """Caller -> worker: the run's state (config, ring descriptors, journal, categories)."""
+    state: dict
+
+
+class DecodeTasks(NamedTuple):
+    """Caller -> decode worker: ``tasks`` ``[(task, path, slot, row), ...]``, one answer each."""
+    gen: int
+    tasks: List[tuple]
+
+
+class PostBatch(NamedTuple):
+    """Caller -> post worker: batch ``k``'s detections from output ``slot`` once copy ``sequence`` is done."""
+    gen: int
+    k: int
+    slot: Optional[int]
+    sequence: Optional[int]
+    items: List[tuple]  # (image_id, width, height)
+    unreadable: List[tuple]  # (image_id, None, reason)
+
+
+class Stop(NamedTuple):
+    """Caller -> worker: exit."""
+
+
+class Decoded(NamedTuple):
+    """Decode worker -> caller: one task done (``size``) or refused (``error``, one line)."""
+    gen: int
+    task: object
+    size: Optional[Tuple[int, int]]
+    error: Optional[str]
+
+
+class Posted(NamedTuple):
+    """Post worker -> caller: batch ``k``'s entries ``(image_id, detections | None, reason | None)``."""
+    gen: int
+    k: int
+    entries: list
+
+
+class AppendFailed(NamedTuple):
+    """Post worker -> caller: the journal append of batch ``k`` failed (its copy is done all the same)."""
+    gen: int
+    k: int
+    errno: Optional[int]
+    strerror: str
+
+
+class Failed(NamedTuple):
+    """Worker -> caller: a bug (an exception) while working for run ``gen``; re-raised by the caller."""
+    gen: int
+    error: BaseException
+
+
 def _worker_main(conn, kind: str, decode_fn: Callable, notice_fd: int = -1) -> None:
     """A worker's loop: ``("setup", state)``, ``("decode", gen, [(task, path,
     slot, row), ...])`` (one answer per task), ``("post", gen, k, slot,
@@ -111,17 +180,16 @@ def _worker_main(conn, kind: str, decode_fn: Callable, notice_fd: int = -1) -> N
         cv2.setNumThreads(1)  # the decode workers are the parallelism
     attached: Dict[str, shared_memory.SharedMemory] = {}
     state: dict = {}
-    conn.send(("ready", os.getpid()))
+    conn.send(Ready(os.getpid()))
     while True:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
             break
-        op = msg[0]
-        if op == "stop":
+        if isinstance(msg, Stop):
             break
-        if op == "setup":
-            state = dict(msg[1])
+        if isinstance(msg, Setup):
+            state = dict(msg.state)
             state["in"] = _attach(state["in_desc"], attached)
             if state.get("scores_desc"):
                 state["scores"] = _attach(state["scores_desc"], attached)
@@ -134,22 +202,22 @@ def _worker_main(conn, kind: str, decode_fn: Callable, notice_fd: int = -1) -> N
                     attached.pop(name).close()
                 except BufferError:  # pragma: no cover - a view still alive
                     pass
-        elif op == "decode":
-            for task in msg[2]:
-                _decode_one(conn, state, decode_fn, msg[1], *task)
-        elif op == "post":
+        elif isinstance(msg, DecodeTasks):
+            for task in msg.tasks:
+                _decode_one(conn, state, decode_fn, msg.gen, *task)
+        elif isinstance(msg, PostBatch):
             try:
-                if not _post_batch(conn, state, notice_fd, *msg[1:]):
+                if not _post_batch(conn, state, notice_fd, msg):
                     break  # the caller is gone
             except BaseException as exc:  # noqa: BLE001 - a bug: re-raised in the calling process
-                _send_failure(conn, msg[1], exc)
+                _send_failure(conn, msg.gen, exc)
 
 
 def _send_failure(conn, gen: int, exc: BaseException) -> None:
     try:
-        conn.send(("failed", gen, exc))
+        conn.send(Failed(gen, exc))
     except Exception:  # noqa: BLE001 - unpicklable: send what it said
-        conn.send(("failed", gen, RuntimeError(f"{type(exc).__name__}: {exc}")))
+        conn.send(Failed(gen, RuntimeError(f"{type(exc).__name__}: {exc}")))
 
 
 def _decode_one(conn, state: dict, decode_fn: Callable, gen: int, task, path: str, slot: int, row: int) -> None:
@@ -157,16 +225,17 @@ def _decode_one(conn, state: dict, decode_fn: Callable, gen: int, task, path: st
     try:
         tensor, size = decode_fn(path, state["cfg"])
         state["in"][slot, row] = tensor
-        conn.send(("decoded", gen, task, size, None))
+        conn.send(Decoded(gen, task, size, None))
     except InputFileError as exc:
-        conn.send(("decoded", gen, task, None, str(exc)))
+        conn.send(Decoded(gen, task, None, str(exc)))
     except BaseException as exc:  # noqa: BLE001 - a bug: re-raised in the calling process
         _send_failure(conn, gen, exc)
 
 
-def _post_batch(conn, state: dict, notice_fd: int, gen: int, k: int, slot, sequence, items, unreadable) -> bool:
-    """Detections of batch ``k`` (once its copy is done), journaled when the run
+def _post_batch(conn, state: dict, notice_fd: int, msg: PostBatch) -> bool:
+    """Detections of batch ``msg.k`` (once its copy is done), journaled when the run
     has a journal, sent back; False when the calling process is gone."""
+    gen, k, slot, sequence, items, unreadable = msg
     from m2det_impl.pipeline.coco import to_coco_results
     from m2det_impl.pipeline.journal import append_to_journal, encode_entries
     from m2det_impl.pipeline.postprocess import detect
@@ -183,9 +252,9 @@ def _post_batch(conn, state: dict, notice_fd: int, gen: int, k: int, slot, seque
         try:
             append_to_journal(state["journal"], lines)
         except OSError as exc:
-            conn.send(("append_failed", gen, k, exc.errno, exc.strerror or str(exc)))
+            conn.send(AppendFailed(gen, k, exc.errno, exc.strerror or str(exc)))
             return True
-    conn.send(("posted", gen, k, entries))
+    conn.send(Posted(gen, k, entries))
     return True
 
 
@@ -212,9 +281,9 @@ def _child_main(fd: int, kind: str, notice_fd: int = -1) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the calling process's to handle
     background_priority()
     conn = mp_connection.Connection(fd)
-    _, path, decode_blob = conn.recv()
-    sys.path[:] = path
-    _worker_main(conn, kind, pickle.loads(decode_blob), notice_fd)
+    hello: Hello = conn.recv()
+    sys.path[:] = hello.path
+    _worker_main(conn, kind, pickle.loads(hello.decode_blob), notice_fd)
 
 
 def _default_decode(path, cfg: M2DetConfig):
@@ -224,13 +293,21 @@ def _default_decode(path, cfg: M2DetConfig):
 
 
 # ------------------------------------------------------------------ caller side
+class _Sent(NamedTuple):
+    """What a worker was sent and has not answered yet: the run, what to name if it dies on it (an image's
+    path, a batch's files), and the message itself."""
+    gen: int
+    what: object
+    message: tuple
+
+
 class _Worker:
     def __init__(self, process, conn, kind: str, notice_fd: int = -1):
         self.process = process
         self.conn = conn
         self.kind = kind
         self.notice_fd = notice_fd  # a post worker's: the copy thread writes its notices here
-        self.outstanding: Deque[tuple] = deque()  # tasks sent, not answered, in order
+        self.outstanding: Deque[_Sent] = deque()  # tasks sent, not answered, in order
 
     def close(self) -> None:
         """Close its pipe and, for a post worker, the write end of its notice pipe."""
@@ -337,13 +414,13 @@ class HostProcesses:
             if notice_r >= 0:
                 os.close(notice_r)
         conn = mp_connection.Connection(ours.detach())
-        conn.send(("hello", list(sys.path), pickle.dumps(self.decode_fn)))
+        conn.send(Hello(list(sys.path), pickle.dumps(self.decode_fn)))
         return _Worker(process, conn, kind, notice_w)
 
     def _await_ready(self, worker: _Worker) -> None:
         if mp_connection.wait([worker.conn], timeout=START_TIMEOUT_S):
             try:
-                if worker.conn.recv()[0] == "ready":
+                if isinstance(worker.conn.recv(), Ready):
                     return
             except (EOFError, OSError):
                 pass
@@ -358,12 +435,12 @@ class HostProcesses:
         """Process ids of the workers, by kind (tests kill them)."""
         return {"decode": [w.process.pid for w in self._decode], "post": [w.process.pid for w in self._post]}
 
-    def _setup_message(self) -> tuple:
+    def _setup_message(self) -> Setup:
         state = dict(self._state)
         state["in_desc"] = self._in.desc if self._in else None
         state["scores_desc"] = self._scores.desc if self._scores else None
         state["loc_desc"] = self._loc.desc if self._loc else None
-        return ("setup", state)
+        return Setup(state)
 
     def _broadcast_setup(self) -> None:
         msg = self._setup_message()
@@ -418,8 +495,8 @@ class HostProcesses:
             self._send_decodes(self._decode[index], share)
 
     def _send_decodes(self, worker: _Worker, share: List[tuple]) -> None:
-        worker.outstanding.extend(("decode", self._gen, *task) for task in share)
-        worker.conn.send(("decode", self._gen, share))
+        worker.outstanding.extend(_Sent(self._gen, task[1], task) for task in share)
+        worker.conn.send(DecodeTasks(self._gen, share))
 
     def ship(self, k: int, scores: np.ndarray, loc: np.ndarray, items: List[tuple], files: List[str],
              unreadable: Sequence[tuple] = ()) -> None:
@@ -455,17 +532,17 @@ class HostProcesses:
                               (loc, self._loc.array[slot, :n]), worker.notice_fd)
         except RuntimeError as exc:
             raise HostWorkerError(f"copying the outputs of batch {k}: {exc}") from None
-        self._post_message(worker, ("post", self._gen, k, slot, self._sequence, items, list(unreadable)), files)
+        self._post_message(worker, PostBatch(self._gen, k, slot, self._sequence, items, list(unreadable)), files)
 
     def post_unreadable(self, k: int, unreadable: Sequence[tuple]) -> None:
         """Batch ``k`` had no readable image: journal its entries in turn
         (answered as ``("posted", k, entries)`` like :meth:`ship`)."""
         worker = self._post[k % len(self._post)]
-        self._post_message(worker, ("post", self._gen, k, None, None, [], list(unreadable)), [])
+        self._post_message(worker, PostBatch(self._gen, k, None, None, [], list(unreadable)), [])
 
     @staticmethod
-    def _post_message(worker: _Worker, msg: tuple, files: List[str]) -> None:
-        worker.outstanding.append(msg + (files,))
+    def _post_message(worker: _Worker, msg: PostBatch, files: List[str]) -> None:
+        worker.outstanding.append(_Sent(msg.gen, files, msg))
         try:
             worker.conn.send(msg)
         except OSError:
@@ -501,23 +578,23 @@ class HostProcesses:
                 return False
             if worker.outstanding:
                 worker.outstanding.popleft()
-            if msg[0] == "failed":
-                if msg[1] == self._gen:
-                    raise msg[2]
+            if isinstance(msg, Failed):
+                if msg.gen == self._gen:
+                    raise msg.error
                 continue
-            if msg[1] != self._gen:
+            if msg.gen != self._gen:
                 continue  # an answer from an abandoned run
-            if msg[0] == "decoded":
-                self._events.append(("decoded", msg[2], msg[3], msg[4]))
-            else:  # "posted" or "append_failed": the batch's copy is done, its slot and outputs free
-                self._release_outputs(msg[2])
-                slot = self._out_of_batch.pop(msg[2], None)
+            if isinstance(msg, Decoded):
+                self._events.append(("decoded", msg.task, msg.size, msg.error))
+            else:  # Posted or AppendFailed: the batch's copy is done, its slot and outputs free
+                self._release_outputs(msg.k)
+                slot = self._out_of_batch.pop(msg.k, None)
                 if slot is not None:
                     self._free_out.append(slot)
-                if msg[0] == "posted":
-                    self._events.append(("posted", msg[2], msg[3]))
+                if isinstance(msg, Posted):
+                    self._events.append(("posted", msg.k, msg.entries))
                 else:
-                    self._events.append(("append_failed", msg[2], OSError(msg[3], msg[4])))
+                    self._events.append(("append_failed", msg.k, OSError(msg.errno, msg.strerror)))
 
     def _release_outputs(self, k: int) -> None:
         """Drop batch ``k``'s outputs, whose copy its post worker has waited
@@ -542,8 +619,8 @@ class HostProcesses:
         worker.close()
         if worker.kind == "post":
             self._post.remove(worker)
-            current = [m for m in lost if m[1] == self._gen]
-            files = current[0][-1] if current else []
+            current = [m for m in lost if m.gen == self._gen]
+            files = current[0].what if current else []
             self.close()
             raise HostWorkerError(f"the post-processing worker process died ({why}) on "
                                   + (", ".join(str(f) for f in files) or "no batch")
@@ -553,9 +630,9 @@ class HostProcesses:
         self._await_ready(replacement)
         replacement.conn.send(self._setup_message())
         self._decode.append(replacement)
-        current = [m for m in lost if m[1] == self._gen]
+        current = [m for m in lost if m.gen == self._gen]
         if current:
-            _, _, task, path, _, _ = current[0]
+            task, path = current[0].message[0], current[0].what
             self._events.append(("decoded", task, None,
                                  str(InputFileError(path, f"decoding this image crashed its worker process ({why})"))))
             if current[1:]:
@@ -592,7 +669,7 @@ class HostProcesses:
         self._sources.clear()
         for worker in self._decode + self._post:
             try:
-                worker.conn.send(("stop",))
+                worker.conn.send(Stop())
             except (OSError, ValueError):
                 pass
         for worker in self._decode + self._post:

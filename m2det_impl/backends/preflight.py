@@ -51,6 +51,15 @@ def check_model_inputs(spec: "ModelSpec") -> None:
     check_model_file(spec.weights, _WHAT["weights"], CheckpointError)
     check_model_file(spec.onnx, _WHAT["onnx"])
     check_model_file(spec.om, _WHAT["om"])
+    if spec.weights is not None and not entry.loads_weights:
+        raise InputFileError(Path(spec.weights), f"--weights is not read by --backend {entry.name} (it loads no "
+                                                 f"checkpoint), so these weights would be credited without being "
+                                                 f"used: drop --weights")
+    if spec.weights is not None and (spec.onnx is not None or spec.om is not None):
+        given = "--onnx" if spec.onnx is not None else "--om"
+        raise InputFileError(Path(spec.weights), f"--weights is not used when {given} is given (the model file "
+                                                 f"brings its own weights): drop --weights, or drop {given} to "
+                                                 f"export these weights")
     if spec.om is not None and "om" not in entry.model_files:
         takers = ", ".join(n for n, e in runtimes().items() if "om" in e.model_files)
         raise InputFileError(Path(spec.om), f"--om is for --backend {takers}, not --backend {entry.name}")

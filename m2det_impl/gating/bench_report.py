@@ -34,6 +34,12 @@ def machine_info() -> Dict[str, object]:
     return info
 
 
+def _weights(record) -> str:
+    from m2det_impl.gating.report import weights_label
+
+    return weights_label({"weights": record})
+
+
 def bench_markdown(data: Dict[str, object]) -> str:
     """The guide's table with this run's figures beside the published ones."""
     published = data.get("published") or published_record()
@@ -46,6 +52,7 @@ def bench_markdown(data: Dict[str, object]) -> str:
     lines = [f"# m2det bench: {data['backend']} (M2Det{data['size']})", "",
              f"Machine: {data['machine'].get('cpu')} ({data['machine'].get('cores')} cores)", "",
              f"Published: **{published['name']}** ({published['source']})", "",
+             *([f"Weights: {_weights(data['weights'])}", ""] if data.get("weights") else []),
              "Pure inference is ais_bench's figure, 1000 * batch / mean(execute ms)"
              + (f", execute time: {clock}" if clock else "") + f"; wall clock: {WALL_CLOCK_LABEL}.", "",
              f"| batch | pure inference img/s | wall clock img/s | end to end img/s | e2e / pure (paired) | "

@@ -22,6 +22,7 @@ __all__ = [
     "draw_detections",
     "write_run_report",
     "write_conformance_report",
+    "weights_label",
 ]
 
 
@@ -50,14 +51,19 @@ def _overlaps(a, b) -> bool:
 
 def draw_detections(image_bgr: np.ndarray, results: Sequence[dict], names: Dict[int, str],
                     ground_truth: Sequence[dict] = (), title: str = "", golden: bool = False,
-                    min_score: float = 0.3, max_boxes: int = 20, max_labels: int = 6) -> np.ndarray:
+                    min_score: float = 0.3, max_boxes: int = 20, max_labels: int = 6,
+                    banner: Optional[str] = None) -> np.ndarray:
     """One image's detections (orange) over its ground truth (green), with a title bar and a legend.
 
     Only the ``max_boxes`` highest-scoring detections at or above
     ``min_score`` are drawn and only the ``max_labels`` best are labelled, so
     the labels stay readable. ``golden`` adds a banner saying that the weights
-    are untrained and the boxes mean nothing.
+    are untrained and the boxes mean nothing; ``banner`` puts another such warning there instead
+    (the simulated NPU's: no model at all).
     """
+    if golden and banner is None:
+        banner = "GOLDEN (UNTRAINED) WEIGHTS: the boxes mean nothing; pass --weights for a real model"
+    golden = banner is not None
     bar = 22
     height, width = image_bgr.shape[:2]
     rows = 3 if golden else 2
@@ -87,8 +93,7 @@ def draw_detections(image_bgr: np.ndarray, results: Sequence[dict], names: Dict[
         _text(canvas, label, origin, (255, 255, 255), background=DET_COLOUR)
     _text(canvas, title[:90], (4, 15), (255, 255, 255), background=(60, 60, 60))
     if golden:
-        _text(canvas, "GOLDEN (UNTRAINED) WEIGHTS: the boxes mean nothing; pass --weights for a real model",
-              (4, bar + 15), (255, 255, 255), scale=0.42, background=BANNER_COLOUR)
+        _text(canvas, banner, (4, bar + 15), (255, 255, 255), scale=0.42, background=BANNER_COLOUR)
     legend = (f"green: ground truth ({len(ground_truth)})   orange: detections, score >= {min_score:.2f} "
               f"(top {len(chosen)} of {len(results)}, {len(placed)} labelled)")
     _text(canvas, legend, (4, top + height + 15), (0, 0, 0), scale=0.4, background=(255, 255, 255))
@@ -109,16 +114,46 @@ def _ground_truth(annotations: Optional[Path], image_id: int) -> List[dict]:
     return [a for a in data.get("annotations", []) if a.get("image_id") == image_id and "bbox" in a]
 
 
+NO_MODEL_BANNER = "SIMULATED NPU, NO MODEL: the boxes are recorded reference cases, not detections"
+
+
+def weights_label(summary: dict) -> str:
+    """What produced a run's numbers, in a few words, from its summary's ``weights`` record
+    (older summaries: the identity's tag and ``golden_weights``)."""
+    record = summary.get("weights")
+    if isinstance(record, dict):
+        kind = record.get("kind")
+        short = str(record.get("sha256", ""))[:12]
+        name = Path(str(record.get("path", "?"))).name
+        if kind == "golden":
+            return "golden (AP meaningless)"
+        if kind == "none":
+            return "none: simulated NPU, outputs are reference cases (AP meaningless)"
+        if kind == "checkpoint":
+            return f"checkpoint {name} (sha256 {short})"
+        if kind in ("onnx", "om"):
+            return f"{kind} file {name}, its own weights (sha256 {short})"
+    if summary.get("golden_weights"):
+        return "golden (AP meaningless)"
+    return str((summary.get("identity") or {}).get("weights", "?"))
+
+
+def _weights_kind(summary: dict) -> str:
+    record = summary.get("weights")
+    if isinstance(record, dict) and record.get("kind"):
+        return str(record["kind"])
+    return "golden" if summary.get("golden_weights") else "unknown"
+
+
 def _ap_rows(summaries: Sequence[dict]) -> List[str]:
     rows = ["| backend | batch | images | dataset | AP@[.50:.95] | published (minival2014) | delta | weights |",
             "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         ident = s.get("identity", {})
-        golden = s.get("golden_weights", False)
         rows.append(
             f"| {ident.get('backend', '?')} | {s.get('batch_size', '?')} | {s.get('num_images', '?')} | "
             f"{s.get('dataset', '?')} | {s['ap']:.4f} | {PUBLISHED_AP:.3f} | {s['ap'] - PUBLISHED_AP:+.4f} | "
-            f"{'golden (AP meaningless)' if golden else ident.get('weights', '?')} |"
+            f"{weights_label(s)} |"
         )
     return rows
 
@@ -129,6 +164,9 @@ def _report_markdown(summaries: Sequence[dict], bench: Optional[dict], png: Opti
     if any(s.get("golden_weights") for s in summaries):
         lines += ["> **Golden weights**: no trained checkpoint was given. The pipeline ran for real, "
                   "but the AP says nothing about accuracy. Pass `--weights m2det512_vgg.pth`.", ""]
+    if any(_weights_kind(s) == "none" for s in summaries):
+        lines += ["> **No model**: the simulated NPU returns the reference's recorded output cases for every "
+                  "image, whatever the image. Its boxes and AP measure nothing but the host pipeline.", ""]
     lines += ["## Throughput (images/s)", ""]
     if bench:
         from m2det_impl.gating.bench_report import bench_markdown
@@ -163,12 +201,13 @@ def write_run_report(out: Path, summary: dict, cfg: M2DetConfig, records, result
             image = None
         if image is not None:
             mine = [r for r in results if r["image_id"] == record.image_id]
-            golden = bool(summary.get("golden_weights"))
+            kind = _weights_kind(summary)
+            golden = kind == "golden"
             backend = (summary.get("identity") or {}).get("backend", "?")
             title = f"{record.path.name} (image {record.image_id}), {backend}"
             canvas = draw_detections(image, mine, _category_names(annotations),
                                      ground_truth=_ground_truth(annotations, record.image_id), title=title,
-                                     golden=golden)
+                                     golden=golden, banner=NO_MODEL_BANNER if kind == "none" else None)
             ok, encoded = cv2.imencode(".png", canvas)
             if ok:
                 png_name = "detections.png"

@@ -56,7 +56,8 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
         other = versus.create(cfg) if versus is not None else None
         data: Dict[str, object] = {"backend": getattr(backend, "name", model.backend), "size": cfg.size,
                                    "machine": machine_info(), "warmup": warmup, "repeats": repeats,
-                                   "published": table, "inference": [], "end_to_end": []}
+                                   "published": table, "weights": model.weights_record(),
+                                   "inference": [], "end_to_end": []}
         for b in batch_sizes:
             if other is None:
                 logger.info(f"pure inference, batch {b} ...")
@@ -70,6 +71,7 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
                                             repeats)
                 data["inference"].append(rows[names[0]])
                 side = data.setdefault("versus", {"backend": names[1], "model": getattr(other, "source", None),
+                                                  "weights": versus.weights_record(),
                                                   "inference": [], "speed_ratio": {}})
                 side["inference"].append(rows[names[1]])
                 side["speed_ratio"][str(b)] = rows[names[0]]["median_s_per_batch"] / rows[names[1]]["median_s_per_batch"]

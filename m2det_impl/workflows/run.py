@@ -96,14 +96,15 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
         return EXIT_OK
     summary = score_results(annotations, outcome.results, outcome.image_ids, out / "summary.json",
                             extra={"identity": identity, "batch_size": batch_size, "skipped": outcome.skipped,
-                                   "golden_weights": model.weights is None, "images_per_second": outcome.images_per_second})
+                                   "golden_weights": model.golden, "weights": model.weights_record(),
+                                   "images_per_second": outcome.images_per_second})
     if report:
         from m2det_impl.gating.report import write_run_report
 
         paths = write_run_report(out, summary, cfg, records, outcome.results, annotations)
         logger.log(RESULT, "report: " + ", ".join(str(p) for p in paths))
     code = announce_and_gate(summary, out / "summary.json", min_ap)
-    if model.weights is None:
+    if model.golden:
         logger.info("NOTE: golden (untrained) weights: the AP above measures the pipeline, not the model; "
             "pass --weights m2det512_vgg.pth for the real figure")
     return code

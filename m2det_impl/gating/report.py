@@ -145,22 +145,29 @@ def _weights_kind(summary: dict) -> str:
     return "golden" if summary.get("golden_weights") else "unknown"
 
 
-def _ap_rows(summaries: Sequence[dict]) -> List[str]:
-    rows = ["| backend | batch | images | dataset | AP@[.50:.95] | published (minival2014) | delta | weights |",
-            "|---|---|---|---|---|---|---|---|"]
-    for s in summaries:
+def _cell(text: object) -> str:
+    """A table cell's text: a ``|`` in it would split the cell."""
+    return str(text).replace("|", "\\|")
+
+
+def _ap_rows(summaries: Sequence[dict], runs: Sequence[str]) -> List[str]:
+    """One row per run, told apart by its folder (two runs of one backend and batch size differ in it)."""
+    rows = ["| run | backend | batch | images | dataset | AP@[.50:.95] | published (minival2014) | delta | weights |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for s, run in zip(summaries, runs):
         ident = s.get("identity", {})
         rows.append(
-            f"| {ident.get('backend', '?')} | {s.get('batch_size', '?')} | {s.get('num_images', '?')} | "
+            f"| {_cell(run)} | {ident.get('backend', '?')} | {s.get('batch_size', '?')} | {s.get('num_images', '?')} | "
             f"{s.get('dataset', '?')} | {s['ap']:.4f} | {PUBLISHED_AP:.3f} | {s['ap'] - PUBLISHED_AP:+.4f} | "
-            f"{weights_label(s)} |"
+            f"{_cell(weights_label(s))} |"
         )
     return rows
 
 
-def _report_markdown(summaries: Sequence[dict], bench: Optional[dict], png: Optional[str]) -> str:
+def _report_markdown(summaries: Sequence[dict], bench: Optional[dict], png: Optional[str],
+                     runs: Sequence[str]) -> str:
     lines = ["# M2Det conformance report", "",
-             "## Accuracy (COCO AP@[.50:.95])", "", *_ap_rows(summaries), ""]
+             "## Accuracy (COCO AP@[.50:.95])", "", *_ap_rows(summaries, runs), ""]
     if any(s.get("golden_weights") for s in summaries):
         lines += ["> **Golden weights**: no trained checkpoint was given. The pipeline ran for real, "
                   "but the AP says nothing about accuracy. Pass `--weights m2det512_vgg.pth`.", ""]
@@ -218,7 +225,7 @@ def write_run_report(out: Path, summary: dict, cfg: M2DetConfig, records, result
                                                             "published": {"ap": PUBLISHED_AP,
                                                                           "throughput": PUBLISHED_THROUGHPUT}},
                                       indent=2))
-    paths.insert(0, atomic_write_text(out / "report.md", _report_markdown([summary], bench, png_name)))
+    paths.insert(0, atomic_write_text(out / "report.md", _report_markdown([summary], bench, png_name, [out.name])))
     return paths
 
 
@@ -236,7 +243,7 @@ def write_conformance_report(runs: Sequence[Path], output: Optional[Path] = None
     bench_data = read_json(bench, "bench file") if bench else None
     variants = [read_json(Path(c), "comparison (compare.json)") for c in compare]
     png = "detections.png" if (out / "detections.png").exists() else None
-    text = _report_markdown(summaries, bench_data, png)
+    text = _report_markdown(summaries, bench_data, png, [str(r) for r in runs])
     if variants:
         from m2det_impl.evaluation.variants import section_markdown
 

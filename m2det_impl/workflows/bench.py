@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from m2det_impl._io import PathLike, atomic_write_json, atomic_write_text, ensure_output_folder
@@ -64,8 +65,11 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
                 data["inference"].append(measure_inference(backend, tensors, b, warmup, repeats))
             else:
                 names = (data["backend"], getattr(other, "name", "versus"))
-                if names[0] == names[1]:
-                    names = (names[0], names[1] + " (versus)")
+                if names[0] == names[1]:  # told apart by their model files (or roles)
+                    names = tuple(f"{n} ({Path(src).name if src else role})" for n, src, role in
+                                  zip(names, (backend.source, other.source), ("model", "versus")))
+                    if names[0] == names[1]:
+                        names = (names[0], names[1][:-1] + ", versus)")
                 logger.info(f"pure inference, batch {b}: {names[0]} and {names[1]} side by side ...")
                 rows = measure_side_by_side(dict(zip(names, (backend, other))), tensors, b, warmup,
                                             repeats)
@@ -77,16 +81,17 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
                 side["speed_ratio"][str(b)] = rows[names[0]]["median_s_per_batch"] / rows[names[1]]["median_s_per_batch"]
                 logger.info(f"batch {b}: {names[1]} {rows[names[1]]['wall_clock_images_per_second']:.3f} img/s, {names[0]} "
                     f"{rows[names[0]]['wall_clock_images_per_second']:.3f} img/s (wall clock): "
-                    f"{side['speed_ratio'][str(b)]:.2f}x")
+                    f"speed ratio {side['speed_ratio'][str(b)]:.2f}x")
         if end_to_end:
             for b in batch_sizes:
                 logger.info(f"end to end over {len(records)} images, batch {b}, paired with pure inference ...")
                 data["end_to_end"].append(measure_end_to_end(backend, records, cfg, category_ids, b,
                                                              repeats=repeats, loader_threads=loader_threads,
                                                              host=host))
-                logger.info(f"batch {b}: end to end {data['end_to_end'][-1]['images_per_second']:.2f} img/s "
-                    f"(host work in {data['end_to_end'][-1]['host']}), pure inference "
-                    f"{data['end_to_end'][-1]['pure_images_per_second']:.2f} img/s")
+                e = data["end_to_end"][-1]
+                logger.info(f"batch {b}: end to end {e['images_per_second']:.3f} img/s (host work in {e['host']}), "
+                            f"paired pure inference {e['pure_images_per_second']:.3f} img/s (wall clock, same "
+                            f"images): {e['ratio']:.1%}")
         if model.weights is None and cfg.size == 512:
             # Without a known trained checkpoint the backend may hold golden
             # (random) weights, which put ~47,000 scores above 0.1 in every

@@ -78,11 +78,12 @@ class ModelSpec:
             return {"kind": "golden"}
         return {"kind": "checkpoint", "path": str(Path(self.weights).resolve()), "sha256": sha256_file(self.weights)}
 
-    def preflight(self) -> None:
-        """Fail in the first second on what would otherwise fail after hours."""
+    def preflight(self, cfg: Optional["M2DetConfig"] = None) -> None:
+        """Fail in the first second on what would otherwise fail after hours (with ``cfg``:
+        a model file of another input size too)."""
         from m2det_impl.backends.preflight import check_model_inputs
 
-        check_model_inputs(self)
+        check_model_inputs(self, cfg)
 
     def create(self, cfg: "M2DetConfig") -> "Backend":
         """The backend, exporting or quantizing (once, cached) when needed."""

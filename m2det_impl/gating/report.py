@@ -13,7 +13,14 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from m2det_impl._io import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_output_folder, read_json
+from m2det_impl._io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_output_folder,
+    read_json,
+    read_json_object,
+)
 from m2det_impl.errors import InputFileError
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.published import PUBLISHED_AP, PUBLISHED_THROUGHPUT
@@ -229,19 +236,34 @@ def write_run_report(out: Path, summary: dict, cfg: M2DetConfig, records, result
     return paths
 
 
+def _read_bench(path: Path) -> dict:
+    """A bench.json of ``m2det bench``, or an :class:`InputFileError` naming the file and what it lacks
+    (checked by rendering it, so every field the report shows is there)."""
+    from m2det_impl.gating.bench_report import bench_markdown
+
+    data = read_json_object(path, "bench file (m2det bench's bench.json)")
+    try:
+        bench_markdown(data)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        lacks = f"lacks {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        raise InputFileError(path, f"not a bench.json written by m2det bench ({lacks}; expected 'backend', "
+                                   f"'size', 'machine' and 'inference' rows with 'batch_size')") from None
+    return data
+
+
 def write_conformance_report(runs: Sequence[Path], output: Optional[Path] = None,
                              bench: Optional[Path] = None, compare: Sequence[Path] = ()) -> List[Path]:
     """One report over several run folders (e.g. one per backend or batch size),
     with the precision variants of ``m2det compare`` (its compare.json files)."""
     runs = [Path(r) for r in runs]
-    out = ensure_output_folder(output if output else runs[0])  # before any reading: fail fast, create it
     summaries = [read_json(r / "summary.json", "run summary (summary.json)") for r in runs]
     for r, s in zip(runs, summaries):
         if not (isinstance(s, dict) and isinstance(s.get("ap"), (int, float)) and not isinstance(s["ap"], bool)
                 and isinstance(s.get("identity", {}), dict)):
             raise InputFileError(r / "summary.json", "not a run summary written by m2det run (needs a number 'ap')")
-    bench_data = read_json(bench, "bench file") if bench else None
+    bench_data = _read_bench(Path(bench)) if bench else None
     variants = [read_json(Path(c), "comparison (compare.json)") for c in compare]
+    out = ensure_output_folder(output if output else runs[0])  # after the (cheap) reading: a bad input leaves no folder
     png = "detections.png" if (out / "detections.png").exists() else None
     text = _report_markdown(summaries, bench_data, png, [str(r) for r in runs])
     if variants:

@@ -44,9 +44,9 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
     from m2det_impl.pipeline.preprocess import load_and_preprocess
 
     table = published_record(published)  # an unknown name fails before any work
-    model.preflight()
+    model.preflight(cfg)
     if versus is not None:
-        versus.preflight()
+        versus.preflight(cfg)
     out = ensure_output_folder(output)
     records = dataset.records
     category_ids = category_ids_for(dataset.annotations, cfg)

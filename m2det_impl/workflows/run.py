@@ -49,7 +49,7 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
                                             "(give --annotations or --coco-root)")
         logger.info(verdict.message)
         return verdict.code
-    model.preflight()
+    model.preflight(cfg)
     parsed = parse_shard(shard) if shard else None
     if parsed:
         records = select_shard(records, *parsed)

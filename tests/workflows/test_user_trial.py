@@ -99,3 +99,59 @@ def test_bench_json_records_the_weights(tmp_path):
                  "--warmup", "0", "--no-end-to-end", "--host-images", "1", "--output", str(out), "--quiet"]) == EXIT_OK
     assert json.loads((out / "bench.json").read_text())["weights"] == {"kind": "none"}
     assert "Weights: none" in (out / "bench.md").read_text()
+
+
+# ------------------------------------------------------------------ 4. bad input is exit 2, not an internal error
+def _tiny_onnx(path, dims):
+    """A one-node ONNX file whose image input has ``dims``: the header is all the checks read."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["scores"])], "tiny",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, dims)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(path))
+    return path
+
+
+def test_fp16_forecast_of_a_static_batch_4_model_fails_first(tmp_path, capsys, monkeypatch):
+    onnx = _tiny_onnx(tmp_path / "m2det512_bs4.onnx", [4, 3, 512, 512])
+    monkeypatch.setattr("m2det_impl.precision.forecast.forecast_fp16_stream",
+                        lambda *a, **k: pytest.fail("the forecast started before the model was checked"))
+    out = tmp_path / "cmp"
+    code = main(["compare", "--emulate", "fp16", "--onnx", str(onnx), "--limit", "1", "--output", str(out), "--quiet"])
+    assert code == EXIT_BAD_INPUT
+    line = _one_error_line(capsys.readouterr(), onnx)
+    assert "static 4" in line and "dynamic" in line and "batch-1" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["compare", "--emulate", "fp16"], ["run"]])
+def test_a_truncated_onnx_file_is_named_in_one_line(tmp_path, capsys, command):
+    whole = _tiny_onnx(tmp_path / "whole.onnx", ["batch", 3, 512, 512]).read_bytes()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(whole[: len(whole) - 20])
+    code = main([*command, "--onnx", str(cut), "--limit", "1", "--output", str(tmp_path / "o"), "--quiet"])
+    assert code == EXIT_BAD_INPUT
+    assert "ONNX" in _one_error_line(capsys.readouterr(), cut)
+
+
+def test_run_at_another_size_than_the_model_names_both(tmp_path, capsys):
+    onnx = _tiny_onnx(tmp_path / "m512.onnx", ["batch", 3, 512, 512])
+    code = main(["run", "--size", "320", "--onnx", str(onnx), "--limit", "1", "--output", str(tmp_path / "o"),
+                 "--quiet"])
+    assert code == EXIT_BAD_INPUT
+    line = _one_error_line(capsys.readouterr(), onnx)
+    assert "512x512" in line and "--size 320" in line
+
+
+def test_report_with_a_json_that_is_no_bench_file(tmp_path, capsys, fake_model):
+    run = tmp_path / "run"
+    assert main(["run", "--limit", "1", "--output", str(run), "--quiet", "--no-report"]) == EXIT_OK
+    capsys.readouterr()
+    bench = tmp_path / "other.json"
+    bench.write_text(json.dumps({"images": 3}))
+    code = main(["report", str(run), "--bench", str(bench), "--output", str(tmp_path / "rep")])
+    assert code == EXIT_BAD_INPUT
+    assert "bench.json" in _one_error_line(capsys.readouterr(), bench)
+    assert not (tmp_path / "rep").exists()

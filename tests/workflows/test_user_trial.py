@@ -155,3 +155,57 @@ def test_report_with_a_json_that_is_no_bench_file(tmp_path, capsys, fake_model):
     assert code == EXIT_BAD_INPUT
     assert "bench.json" in _one_error_line(capsys.readouterr(), bench)
     assert not (tmp_path / "rep").exists()
+
+
+# ------------------------------------------------------------------ 2. a gate over an incomplete output folder
+@pytest.fixture
+def ais_outputs(tmp_path):
+    """Three images' outputs in ais_bench's layout, with its summary listing them."""
+    from support import perfect_outputs
+
+    from m2det_impl.pipeline.ais_files import write_outputs
+    from m2det_impl.resources import MINI_COCO
+
+    annotations = MINI_COCO / "annotations" / "instances_minival2014.json"
+    outputs = perfect_outputs(annotations, get_config(512))
+    stems = sorted(outputs)[:3]
+    out = tmp_path / "out"
+    folder = out / "2024_01_01-00_00_00"
+    info = {}
+    for i, stem in enumerate(stems):
+        scores, loc, _ = outputs[stem]
+        paths = write_outputs(folder, stem, scores, loc)
+        info[str(i)] = {"infiles": [f"prep/{stem}.bin"], "outfiles": [str(p) for p in paths]}
+    (out / "2024_01_01-00_00_00_summary.json").write_text(json.dumps({"filesinfo": info}))
+    return out, folder, stems, annotations
+
+
+def _evaluate(tmp_path, out, annotations, *extra):
+    return main(["evaluate", "--outputs", str(out), "--annotations", str(annotations), "--results",
+                 str(tmp_path / "results.json"), "--summary", str(tmp_path / "summary.json"), "--quiet", *extra])
+
+
+def test_the_gate_fails_over_a_folder_missing_a_listed_image(tmp_path, ais_outputs, capsys):
+    out, folder, stems, annotations = ais_outputs
+    for f in folder.glob(f"{stems[1]}_*"):
+        f.unlink()
+    assert _evaluate(tmp_path, out, annotations, "--min-ap", "0.0") == EXIT_GATE_FAILED
+    err = capsys.readouterr().err
+    assert stems[1] in err and "1 image(s) not scored" in err
+    assert _evaluate(tmp_path, out, annotations, "--min-ap", "0.0", "--allow-partial") == EXIT_OK
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["allow_partial"] is True and summary["listed"] == 3 and list(summary["skipped"]) == [stems[1]]
+    assert summary["num_images"] == 3  # the missing image counts as a miss
+
+
+def test_skip_bad_and_a_missing_file_are_both_not_scored(tmp_path, ais_outputs, capsys):
+    out, folder, stems, annotations = ais_outputs
+    (folder / f"{stems[0]}_0.bin").write_bytes(b"cut")
+    for f in folder.glob(f"{stems[2]}_*"):
+        f.unlink()
+    assert _evaluate(tmp_path, out, annotations, "--min-ap", "0.0", "--skip-bad") == EXIT_GATE_FAILED
+    err = capsys.readouterr().err
+    assert "2 image(s) not scored" in err
+    assert f"not scored {stems[0]}:" in err and f"not scored {stems[2]}:" in err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert sorted(summary["skipped"]) == [stems[0], stems[2]] and summary["not_scored"] == 2

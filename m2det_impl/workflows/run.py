@@ -28,6 +28,47 @@ def category_ids_for(annotations: Optional[PathLike], cfg: M2DetConfig) -> List[
     return category_ids(load_annotations(annotations))
 
 
+def _earlier_speed(path, identity) -> Optional[dict]:
+    """The speed an earlier run of the same identity recorded in ``path`` (its summary.json), if any."""
+    from m2det_impl._io import read_json_object
+    from m2det_impl.errors import InputFileError
+
+    if not path.is_file():
+        return None
+    try:
+        summary = read_json_object(path, "run summary")
+    except InputFileError:
+        return None
+    speed = summary.get("images_per_second")
+    import json
+
+    from m2det_impl._io import to_jsonable
+
+    if summary.get("identity") != json.loads(json.dumps(identity, default=to_jsonable)) or not isinstance(speed, (int, float)) or isinstance(speed, bool) \
+            or speed <= 0:
+        return None
+    return {"images_per_second": float(speed),
+            "images_per_second_from": _earlier_source(summary.get("images_per_second_from"))}
+
+
+def _earlier_source(recorded: object) -> str:
+    if isinstance(recorded, str) and recorded.startswith("an earlier run"):
+        return recorded
+    return "an earlier run of this folder (the one that inferred the images)"
+
+
+def _speed(outcome, earlier: Optional[dict]) -> dict:
+    """summary.json's speed: measured now when images were inferred now; when every image was
+    resumed, the figure of the run that inferred them (and says so), else none (never 0.0)."""
+    if outcome.processed_now:
+        return {"images_per_second": outcome.images_per_second, "images_per_second_from": "this run"}
+    if earlier is not None:
+        logger.info(f"every image was resumed: the speed recorded is {earlier['images_per_second']:.2f} images/s, "
+                    f"measured by {earlier['images_per_second_from']}")
+        return earlier
+    return {"images_per_second": None, "images_per_second_from": "not measured: every image was resumed"}
+
+
 def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, batch_size: int = 1,
         shard: Optional[str] = None, fresh: bool = False, skip_bad: bool = False, loader_threads: int = 2,
         host: str = "auto", report: bool = True, min_ap: Optional[float] = None, progress: bool = True) -> int:
@@ -56,6 +97,7 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     out = ensure_output_folder(out)
     category_ids = category_ids_for(annotations, cfg)
     identity = model.identity(cfg)
+    earlier = _earlier_speed(out / "summary.json", identity)  # before this run rewrites the summary
     tag = f"shard-{parsed[0]}-of-{parsed[1]}" if parsed else "full"
     store = PartialStore(out / f".partial.{tag}.jsonl", identity, fresh=fresh, lock=True)
     try:
@@ -97,7 +139,7 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     summary = score_results(annotations, outcome.results, outcome.image_ids, out / "summary.json",
                             extra={"identity": identity, "batch_size": batch_size, "skipped": outcome.skipped,
                                    "golden_weights": model.golden, "weights": model.weights_record(),
-                                   "images_per_second": outcome.images_per_second})
+                                   **_speed(outcome, earlier)})
     if report:
         from m2det_impl.gating.report import write_run_report
 

@@ -209,3 +209,15 @@ def test_skip_bad_and_a_missing_file_are_both_not_scored(tmp_path, ais_outputs, 
     assert f"not scored {stems[0]}:" in err and f"not scored {stems[2]}:" in err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert sorted(summary["skipped"]) == [stems[0], stems[2]] and summary["not_scored"] == 2
+
+
+# ------------------------------------------------------------------ 7. a re-run of a finished run keeps its speed
+def test_a_rerun_of_a_finished_run_keeps_the_speed_it_measured(tmp_path, fake_model, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--limit", "2", "--output", str(out), "--quiet", "--no-report"]) == EXIT_OK
+    first = json.loads((out / "summary.json").read_text())
+    assert first["images_per_second"] > 0
+    assert main(["run", "--limit", "2", "--output", str(out), "--quiet", "--no-report"]) == EXIT_OK
+    again = json.loads((out / "summary.json").read_text())
+    assert again["images_per_second"] == first["images_per_second"]
+    assert "earlier run" in again["images_per_second_from"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional
 
 from m2det_impl._io import PathLike, atomic_write_json, ensure_output_folder
@@ -26,6 +27,21 @@ def category_ids_for(annotations: Optional[PathLike], cfg: M2DetConfig) -> List[
     from m2det_impl.pipeline.coco import category_ids, load_annotations
 
     return category_ids(load_annotations(annotations))
+
+
+def _merge_hint_options(annotations, dataset) -> str:
+    """The options that make the printed merge command score: the annotations (``bundled`` for the
+    bundled set's) and the --limit the shards ran with."""
+    if annotations is None:
+        return ""
+    from m2det_impl.resources import BUNDLED, MINI_COCO_ANNOTATIONS
+
+    bundled = Path(annotations).resolve() == MINI_COCO_ANNOTATIONS.resolve()
+    text = f" --annotations {BUNDLED if bundled else annotations}"
+    from m2det_impl.pipeline.dataset import annotation_images
+
+    ran = len(dataset.records)  # --limit N runs the first N images by id, as merge --limit N expects
+    return text + (f" --limit {ran}" if ran < len(annotation_images(annotations)) else "")
 
 
 def _earlier_speed(path, identity) -> Optional[dict]:
@@ -124,7 +140,8 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     if parsed:
         path = write_shard_file(out / shard_results_name(*parsed), parsed[0], parsed[1], outcome, identity)
         logger.log(RESULT, f"shard {parsed[0]}/{parsed[1]}: {len(outcome.image_ids)} images, {len(outcome.results)} detections "
-             f"-> {path}\nmerge all shards with: m2det merge {out}/results.shard-*-of-{parsed[1]}.json")
+             f"-> {path}\nmerge and score all shards with: m2det merge {out}/results.shard-*-of-{parsed[1]}.json"
+             + _merge_hint_options(annotations, dataset))
         return EXIT_OK
     results_path = atomic_write_json(out / "results.json", outcome.results)
     done = len(outcome.image_ids) - len(outcome.skipped)  # a skipped image is not done: it scores as a miss

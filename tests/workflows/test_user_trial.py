@@ -221,3 +221,41 @@ def test_a_rerun_of_a_finished_run_keeps_the_speed_it_measured(tmp_path, fake_mo
     again = json.loads((out / "summary.json").read_text())
     assert again["images_per_second"] == first["images_per_second"]
     assert "earlier run" in again["images_per_second_from"]
+
+
+# ------------------------------------------------------------------ 8. bundled data reachable from a wheel
+def test_the_shard_merge_hint_is_a_command_that_scores(tmp_path, fake_model, capsys, monkeypatch):
+    import shlex
+
+    monkeypatch.chdir(tmp_path)  # outside the checkout: nothing relative to the repository
+    out = tmp_path / "shards"
+    for shard in ("0/2", "1/2"):
+        assert main(["run", "--limit", "2", "--shard", shard, "--output", str(out), "--quiet"]) == EXIT_OK
+    hint = next(line for line in capsys.readouterr().out.splitlines() if "m2det merge" in line)
+    command = shlex.split(hint.split("with: ", 1)[1])
+    assert command[:2] == ["m2det", "merge"]
+    files = [str(p) for p in sorted(out.glob("results.shard-*-of-2.json"))]
+    args = [a for a in command[2:] if "*" not in a] + files + ["--results", str(tmp_path / "r.json"),
+                                                               "--summary", str(tmp_path / "s.json")]
+    assert main(["merge", *args]) == EXIT_OK
+    assert json.loads((tmp_path / "s.json").read_text())["num_images"] == 2
+
+
+def test_a_bare_baseline_name_and_the_readme_path_work_anywhere(tmp_path, monkeypatch):
+    from m2det_impl.resources import BASELINES_DIR, resolve_baseline
+
+    monkeypatch.chdir(tmp_path)
+    shipped = BASELINES_DIR / "cpu-x86_64-2core.json"
+    assert resolve_baseline("cpu-x86_64-2core") == shipped
+    assert resolve_baseline("m2det_impl/data/baselines/cpu-x86_64-2core.json") == shipped
+    from m2det_impl.cli.app import build_parser
+
+    args = build_parser().parse_args(["regress", "--baseline", "cpu-x86_64-2core", "--current", "c.json"])
+    assert "name" in build_parser()._subparsers._group_actions[0].choices["regress"].format_help()
+    assert args.baseline == "cpu-x86_64-2core"
+
+
+def test_evaluate_takes_bundled_annotations(tmp_path, ais_outputs, monkeypatch):
+    out, _, _, _ = ais_outputs
+    monkeypatch.chdir(tmp_path)
+    assert _evaluate(tmp_path, out, "bundled", "--min-ap", "0.5") == EXIT_OK

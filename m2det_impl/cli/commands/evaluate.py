@@ -10,7 +10,8 @@ HELP = "ais_bench / benchmark output folders (BIN, NPY, TXT) -> COCO results JSO
 def configure(p: argparse.ArgumentParser) -> None:
     """The options of ``m2det evaluate``."""
     p.add_argument("--outputs", required=True, help="folder of <stem>_0.bin/<stem>_1.bin (or _1/_2) files")
-    p.add_argument("--annotations", required=True, help="COCO annotation file (instances_minival2014.json)")
+    p.add_argument("--annotations", required=True, help="COCO annotation file (instances_minival2014.json), or "
+                                                         "'bundled' for the bundled mini COCO set's")
     p.add_argument("--image-info", help="the guide's jpg info file, for original image sizes")
     p.add_argument("--results", required=True, help="COCO results JSON to write")
     p.add_argument("--summary", required=True, help="summary JSON to write (ap and the 12 COCOeval stats)")
@@ -27,7 +28,9 @@ def run(args) -> int:
     from m2det_impl.network.config import get_config
     from m2det_impl.workflows.evaluate import evaluate_outputs
 
-    return evaluate_outputs(args.outputs, args.annotations, get_config(args.size), args.results, args.summary,
+    from m2det_impl.resources import resolve_annotations
+
+    return evaluate_outputs(args.outputs, resolve_annotations(args.annotations), get_config(args.size), args.results, args.summary,
                             image_info=args.image_info, skip_bad=args.skip_bad, min_ap=args.min_ap,
                             allow_partial=args.allow_partial,
                             progress=not args.quiet)

@@ -95,10 +95,7 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     same call after a kill resumes. ``min_ap`` gates AP@[.50:.95]; it fails,
     before any work, when the images have no annotations to score them.
     """
-    from m2det_impl.pipeline.evaluate import score_results
-    from m2det_impl.pipeline.journal import PartialStore
-    from m2det_impl.pipeline.shards import parse_shard, select_shard, shard_results_name, write_shard_file
-    from m2det_impl.pipeline.stream import run_pipeline
+    from m2det_impl.pipeline.shards import parse_shard, select_shard
 
     records, annotations = dataset.records, dataset.annotations
     if annotations is None and min_ap is not None:
@@ -110,7 +107,42 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     parsed = parse_shard(shard) if shard else None
     if parsed:
         records = select_shard(records, *parsed)
+    created = not Path(out).exists()
     out = ensure_output_folder(out)
+    try:
+        return _run_in(out, dataset, records, annotations, cfg, model, parsed, shard, batch_size=batch_size,
+                       fresh=fresh, skip_bad=skip_bad, loader_threads=loader_threads, host=host, report=report,
+                       min_ap=min_ap, progress=progress)
+    except Exception:
+        _discard_if_unused(out, created)
+        raise
+
+
+def _discard_if_unused(out: Path, created: bool) -> None:
+    """After a failure: header-only journals (no image finished) go, and the folder too when this
+    run created it and nothing else is left in it, so a failed command leaves nothing empty behind."""
+    for journal in out.glob(".partial.*.jsonl"):
+        try:
+            with open(journal, "rb") as handle:
+                lines = sum(1 for line in handle if line.strip())
+            if lines <= 1:
+                journal.unlink()
+        except OSError:
+            pass
+    if created:
+        try:
+            out.rmdir()  # only when empty
+        except OSError:
+            pass
+
+
+def _run_in(out, dataset, records, annotations, cfg, model, parsed, shard, *, batch_size, fresh, skip_bad,
+            loader_threads, host, report, min_ap, progress) -> int:
+    from m2det_impl.pipeline.evaluate import score_results
+    from m2det_impl.pipeline.journal import PartialStore
+    from m2det_impl.pipeline.shards import shard_results_name, write_shard_file
+    from m2det_impl.pipeline.stream import run_pipeline
+
     category_ids = category_ids_for(annotations, cfg)
     identity = model.identity(cfg)
     earlier = _earlier_speed(out / "summary.json", identity)  # before this run rewrites the summary

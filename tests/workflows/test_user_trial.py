@@ -259,3 +259,59 @@ def test_evaluate_takes_bundled_annotations(tmp_path, ais_outputs, monkeypatch):
     out, _, _, _ = ais_outputs
     monkeypatch.chdir(tmp_path)
     assert _evaluate(tmp_path, out, "bundled", "--min-ap", "0.5") == EXIT_OK
+
+
+# ------------------------------------------------------------------ 10. smaller points
+def test_a_failing_run_leaves_no_empty_folder_or_header_only_journal(tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"random bytes, not a checkpoint")
+    out = tmp_path / "run"
+    assert main(["run", "--backend", "torch", "--weights", str(bad), "--limit", "1", "--output", str(out),
+                 "--quiet"]) == EXIT_BAD_INPUT
+    assert not out.exists()
+
+
+def test_shard_help_says_shards_count_from_zero(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "0/2 and 1/2" in " ".join(capsys.readouterr().out.split())
+
+
+def test_readme_nightly_exit_codes_agree_with_the_script():
+    from pathlib import Path
+
+    from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_NOT_GATED
+
+    root = Path(__file__).resolve().parents[2]
+    text = " ".join((root / "README.md").read_text().split())
+    assert f"{EXIT_INTERNAL} a step broke" in text and f"{EXIT_NOT_GATED} not gated (no baseline" in text
+    assert f"{EXIT_GATE_FAILED} a test failed or a figure regressed" in text
+
+
+def test_shipped_data_cites_no_spec_that_is_not_shipped():
+    from m2det_impl.resources import data_path
+
+    for path in data_path().rglob("*"):
+        if path.suffix in (".md", ".json", ".txt") and path.stat().st_size < 2_000_000:
+            assert "SPEC" not in path.read_text(errors="replace"), path
+
+
+def test_cache_lists_and_cleans_entries(tmp_path, monkeypatch, capsys):
+    import os
+    import time
+
+    monkeypatch.setenv("M2DET_CACHE_DIR", str(tmp_path / "cache"))  # never the real cache
+    for key, age_days in (("old", 30), ("new", 0)):
+        folder = tmp_path / "cache" / "onnx" / key
+        folder.mkdir(parents=True)
+        (folder / "m2det512_dynamic.onnx").write_bytes(b"x" * 1000)
+        (folder / "entry.json").write_text("{}")
+        stamp = time.time() - age_days * 86400
+        os.utime(folder / "entry.json", (stamp, stamp))
+    assert main(["cache"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "2 entries" in out and "m2det512_dynamic.onnx" in out and "30.0 days ago" in out
+    assert main(["cache", "--clean", "--older-than", "7"]) == EXIT_OK
+    assert not (tmp_path / "cache" / "onnx" / "old").exists() and (tmp_path / "cache" / "onnx" / "new").exists()
+    assert main(["cache", "--clean"]) == EXIT_OK
+    assert not (tmp_path / "cache" / "onnx" / "new").exists()

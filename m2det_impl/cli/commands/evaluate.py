@@ -26,9 +26,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from m2det_impl.network.config import get_config
-    from m2det_impl.workflows.evaluate import evaluate_outputs
-
     from m2det_impl.resources import resolve_annotations
+    from m2det_impl.workflows.evaluate import evaluate_outputs
 
     return evaluate_outputs(args.outputs, resolve_annotations(args.annotations), get_config(args.size), args.results, args.summary,
                             image_info=args.image_info, skip_bad=args.skip_bad, min_ap=args.min_ap,

@@ -22,9 +22,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from m2det_impl.workflows.evaluate import merge_shards
-
     from m2det_impl.resources import resolve_annotations
+    from m2det_impl.workflows.evaluate import merge_shards
 
     return merge_shards(args.shards, args.results, args.summary, annotations=resolve_annotations(args.annotations), limit=args.limit,
                         partial=args.partial, min_ap=args.min_ap)

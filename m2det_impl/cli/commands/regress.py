@@ -27,7 +27,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from m2det_impl.gating.regress import run_regress
-
     from m2det_impl.resources import resolve_baseline
 
     return run_regress(resolve_baseline(args.baseline), args.current, args.output, allow_other_machine=args.allow_other_machine,

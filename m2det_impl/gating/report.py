@@ -138,7 +138,7 @@ def weights_label(summary: dict) -> str:
             return "none: simulated NPU, outputs are reference cases (AP meaningless)"
         if kind == "checkpoint":
             return f"checkpoint {name} (sha256 {short})"
-        if kind in ("onnx", "om"):
+        if record.get("path"):  # a model file that brings its own weights
             return f"{kind} file {name}, its own weights (sha256 {short})"
     if summary.get("golden_weights"):
         return "golden (AP meaningless)"

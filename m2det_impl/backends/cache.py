@@ -31,6 +31,7 @@ __all__ = [
     "cache_dir",
     "CacheEntry",
     "cache_entries",
+    "export_weights_tag",
     "remove_entry",
     "file_lock",
     "CachedFile",
@@ -239,3 +240,17 @@ def remove_entry(entry: CacheEntry) -> bool:
             return False
         shutil.rmtree(entry.folder, ignore_errors=True)
     return True
+
+
+def export_weights_tag(path: PathLike) -> Optional[str]:
+    """The weights tag (``golden0``, ``ckpt-...``) an ONNX file of this cache was exported from, or
+    ``None`` when the file is not a cache entry."""
+    path = Path(path).resolve()
+    meta = path.parent / ENTRY_FILE
+    try:
+        if cache_dir().resolve() not in path.parents or not meta.is_file():
+            return None
+        tag = json.loads(meta.read_text()).get("weights")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return tag if isinstance(tag, str) else None

@@ -71,7 +71,14 @@ class ModelSpec:
         for kind in ("om", "onnx"):
             path = getattr(self, kind)
             if path is not None and kind in self.runtime.model_files:
-                return {"kind": kind, "path": str(Path(path).resolve()), "sha256": sha256_file(path)}
+                from m2det_impl.backends.cache import export_weights_tag
+
+                record: Dict[str, object] = {"kind": kind, "path": str(Path(path).resolve()),
+                                             "sha256": sha256_file(path)}
+                tag = export_weights_tag(path)
+                if tag is not None:  # a cached export: it says which weights it was made from
+                    record["exported_from"] = tag
+                return record
         if not self.runtime.loads_weights:
             return {"kind": "none"}
         if self.weights is None:

@@ -139,7 +139,9 @@ def weights_label(summary: dict) -> str:
         if kind == "checkpoint":
             return f"checkpoint {name} (sha256 {short})"
         if record.get("path"):  # a model file that brings its own weights
-            return f"{kind} file {name}, its own weights (sha256 {short})"
+            source = str(record.get("exported_from") or "")
+            made = " (a cached export of golden weights: AP meaningless)" if source.startswith("golden") else ""
+            return f"{kind} file {name}, its own weights (sha256 {short}){made}"
     if summary.get("golden_weights"):
         return "golden (AP meaningless)"
     return str((summary.get("identity") or {}).get("weights", "?"))
@@ -147,6 +149,8 @@ def weights_label(summary: dict) -> str:
 
 def _weights_kind(summary: dict) -> str:
     record = summary.get("weights")
+    if isinstance(record, dict) and str(record.get("exported_from", "")).startswith("golden"):
+        return "golden"
     if isinstance(record, dict) and record.get("kind"):
         return str(record["kind"])
     return "golden" if summary.get("golden_weights") else "unknown"

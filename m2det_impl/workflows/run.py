@@ -118,6 +118,11 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
         raise
 
 
+def _golden(model, record: dict) -> bool:
+    """Golden weights: none given, or a cached ONNX export made from them."""
+    return model.golden or str(record.get("exported_from", "")).startswith("golden")
+
+
 def _discard_if_unused(out: Path, created: bool) -> None:
     """After a failure: header-only journals (no image finished) go, and the folder too when this
     run created it and nothing else is left in it, so a failed command leaves nothing empty behind."""
@@ -185,9 +190,10 @@ def _run_in(out, dataset, records, annotations, cfg, model, parsed, shard, *, ba
     if annotations is None:
         logger.log(RESULT, "not scored: these images have no annotations (give --annotations or --coco-root for an AP)")
         return EXIT_OK
+    weights = model.weights_record()
     summary = score_results(annotations, outcome.results, outcome.image_ids, out / "summary.json",
                             extra={"identity": identity, "batch_size": batch_size, "skipped": outcome.skipped,
-                                   "golden_weights": model.golden, "weights": model.weights_record(),
+                                   "golden_weights": _golden(model, weights), "weights": weights,
                                    **_speed(outcome, earlier)})
     if report:
         from m2det_impl.gating.report import write_run_report

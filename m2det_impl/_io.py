@@ -9,6 +9,7 @@ over the destination (atomic on POSIX and Windows within one file system).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ __all__ = [
     "ensure_output_folder",
     "ensure_output_file",
     "is_int",
+    "sha256_file",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
@@ -215,3 +217,27 @@ def ensure_output_file(path: PathLike) -> Path:
 def is_int(value: Any) -> bool:
     """A JSON integer: an ``int`` that is not a ``bool``."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+_SHA256_MEMO: dict = {}
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's content, read in ``chunk``-byte pieces (a 530 MB
+    checkpoint never lies in memory whole). Hashed once per process for each
+    (path, size, modification time): a job that records the same file twice
+    reads it once."""
+    p = Path(path).resolve()
+    try:
+        info = p.stat()
+        key = (str(p), info.st_size, info.st_mtime_ns)
+        if key in _SHA256_MEMO:
+            return _SHA256_MEMO[key]
+        digest = hashlib.sha256()
+        with open(p, "rb") as handle:
+            for block in iter(lambda: handle.read(chunk), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise InputFileError(p, f"cannot read to hash it ({exc.strerror or exc})") from None
+    _SHA256_MEMO[key] = digest.hexdigest()
+    return _SHA256_MEMO[key]

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["data_path", "read_data_json", "MINI_COCO", "TOLERANCES_FILE", "GATES_FILE",
+__all__ = ["data_path", "read_data_json", "BUNDLED", "MINI_COCO_ANNOTATIONS", "resolve_annotations", "resolve_baseline", "MINI_COCO", "TOLERANCES_FILE", "GATES_FILE",
            "ATC_OPS_FILE", "BASELINES_DIR", "POSTPROCESS_CASES_FILE"]
 
 
@@ -38,3 +38,30 @@ GATES_FILE = data_path("gates.json")
 ATC_OPS_FILE = data_path("atc_opset11_ops.json")
 BASELINES_DIR = data_path("baselines")
 POSTPROCESS_CASES_FILE = data_path("postprocess_cases.npz")
+
+MINI_COCO_ANNOTATIONS = MINI_COCO / "annotations" / "instances_minival2014.json"
+
+#: The word ``--annotations`` takes for the bundled mini COCO set's annotation file.
+BUNDLED = "bundled"
+
+
+def resolve_annotations(value):
+    """``bundled`` -> the bundled mini COCO annotation file (inside the installed package);
+    any other value is a path, returned as given."""
+    if value is not None and str(value) == BUNDLED:
+        return MINI_COCO_ANNOTATIONS
+    return value
+
+
+def resolve_baseline(value):
+    """A baseline given by path, or by its bare name (``cpu-x86_64-2core``) or a path that does not
+    exist here but names a baseline the package ships (the README's ``m2det_impl/data/baselines/...``
+    outside a checkout): the shipped file. Anything else is returned as given."""
+    path = Path(value)
+    if path.exists():
+        return path
+    name = path.name if path.suffix == ".json" else path.name + ".json"
+    shipped = BASELINES_DIR / name
+    if shipped.is_file() and (path.parent == Path(".") or path.parent.parts[-2:] == ("data", "baselines")):
+        return shipped
+    return path

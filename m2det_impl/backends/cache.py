@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from m2det_impl._io import PathLike, atomic_write_json
 from m2det_impl.logs import get_logger
@@ -29,6 +29,10 @@ from m2det_impl.network.model import load_model, weights_tag
 
 __all__ = [
     "cache_dir",
+    "CacheEntry",
+    "cache_entries",
+    "export_weights_tag",
+    "remove_entry",
     "file_lock",
     "CachedFile",
     "cached_file",
@@ -192,3 +196,61 @@ def cached_onnx(cfg: M2DetConfig, weights: Optional[PathLike] = None, batch: Opt
     return cached_export(cfg, weights, batch, opset, salt).path
 
 
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cached model: its kind (``onnx``, ``int8``), folder, size on disk and last use."""
+
+    kind: str
+    folder: Path
+    bytes: int
+    last_used: float  # seconds since the epoch
+    files: Tuple[str, ...]
+
+
+def cache_entries(root: Optional[Path] = None) -> List[CacheEntry]:
+    """Every complete entry of the cache (those with an ``entry.json``), oldest use first."""
+    root = cache_dir() if root is None else Path(root)
+    found = []
+    for meta in root.glob(f"*/*/{ENTRY_FILE}"):
+        folder = meta.parent
+        try:
+            files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+            size = sum(p.stat().st_size for p in files)
+            last = meta.stat().st_mtime
+        except OSError:  # removed while listing
+            continue
+        found.append(CacheEntry(folder.parent.name, folder, size, last,
+                                tuple(sorted(p.name for p in files if p.name != ENTRY_FILE))))
+    return sorted(found, key=lambda e: e.last_used)
+
+
+def remove_entry(entry: CacheEntry) -> bool:
+    """Remove one entry unless a process holds its lock (a build or a run using it); True when removed."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no locks to respect
+        shutil.rmtree(entry.folder, ignore_errors=True)
+        return True
+    with open(entry.folder / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        shutil.rmtree(entry.folder, ignore_errors=True)
+    return True
+
+
+def export_weights_tag(path: PathLike) -> Optional[str]:
+    """The weights tag (``golden0``, ``ckpt-...``) an ONNX file of this cache was exported from, or
+    ``None`` when the file is not a cache entry."""
+    path = Path(path).resolve()
+    meta = path.parent / ENTRY_FILE
+    try:
+        if cache_dir().resolve() not in path.parents or not meta.is_file():
+            return None
+        tag = json.loads(meta.read_text()).get("weights")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return tag if isinstance(tag, str) else None

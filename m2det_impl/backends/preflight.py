@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_model_inputs",
+    "check_onnx_model",
     "check_model_file",
     "check_bin_inputs",
 ]
@@ -42,15 +43,42 @@ def check_model_file(path: Optional[PathLike], what: str, error=InputFileError) 
         raise error(p, f"expected a {what}, found a folder or a device")
 
 
-def check_model_inputs(spec: "ModelSpec") -> None:
+def check_onnx_model(path: PathLike, cfg: Optional[M2DetConfig] = None, batch_one: Optional[str] = None) -> None:
+    """An ONNX file is whole, takes an image, and (with ``cfg``) takes ``cfg.size``; with
+    ``batch_one`` (what needs it) its batch is dynamic or 1. Reads the header only
+    (:mod:`m2det_impl.network.onnx_header`): milliseconds for a 530 MB export."""
+    from m2det_impl.network.onnx_header import image_input
+
+    found = image_input(path)
+    height, width = found.dims[2], found.dims[3]
+    if cfg is not None and isinstance(height, int) and isinstance(width, int) and (height, width) != (cfg.size, cfg.size):
+        raise InputFileError(Path(path), f"the model's input is {height}x{width}, but --size {cfg.size} was asked: "
+                                         f"give --size {height} or an ONNX model of {cfg.size}x{cfg.size}")
+    batch = found.static_batch
+    if batch_one is not None and batch is not None and batch != 1:
+        raise InputFileError(Path(path), f"the model's batch is static {batch}, and {batch_one} one image at a "
+                                         f"time: give a dynamic-batch or batch-1 model (m2det export without "
+                                         f"--batch, or --batch 1)")
+
+
+def check_model_inputs(spec: "ModelSpec", cfg: Optional[M2DetConfig] = None) -> None:
     """Everything a backend will need, checked before the dataset is read or an
     output folder written: the files given exist, the runtime reads each of
-    them, and the runtime's own checks (an ``.om`` and an Ascend runtime, a GPU
-    provider) pass."""
+    them, an ONNX file is whole and (with ``cfg``) of the size asked, and the
+    runtime's own checks (an ``.om`` and an Ascend runtime, a GPU provider) pass."""
     entry = spec.runtime
     check_model_file(spec.weights, _WHAT["weights"], CheckpointError)
     check_model_file(spec.onnx, _WHAT["onnx"])
     check_model_file(spec.om, _WHAT["om"])
+    if spec.weights is not None and not entry.loads_weights:
+        raise InputFileError(Path(spec.weights), f"--weights is not read by --backend {entry.name} (it loads no "
+                                                 f"checkpoint), so these weights would be credited without being "
+                                                 f"used: drop --weights")
+    if spec.weights is not None and (spec.onnx is not None or spec.om is not None):
+        given = "--onnx" if spec.onnx is not None else "--om"
+        raise InputFileError(Path(spec.weights), f"--weights is not used when {given} is given (the model file "
+                                                 f"brings its own weights): drop --weights, or drop {given} to "
+                                                 f"export these weights")
     if spec.om is not None and "om" not in entry.model_files:
         takers = ", ".join(n for n, e in runtimes().items() if "om" in e.model_files)
         raise InputFileError(Path(spec.om), f"--om is for --backend {takers}, not --backend {entry.name}")
@@ -58,6 +86,8 @@ def check_model_inputs(spec: "ModelSpec") -> None:
         takers = ", ".join(n for n, e in runtimes().items() if e.read_dumps is not None)
         raise InputFileError(Path(spec.dump), f"--dump is for --backend {takers} (a device that dumps every "
                                               f"layer), not --backend {entry.name}")
+    if spec.onnx is not None and "onnx" in entry.model_files:
+        check_onnx_model(spec.onnx, cfg)
     if entry.preflight is not None:
         entry.preflight(spec)
 

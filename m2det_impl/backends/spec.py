@@ -64,11 +64,37 @@ class ModelSpec:
         checkpoint, none was given, and no ONNX file brings its own."""
         return self.weights is None and self.runtime.loads_weights and not self.onnx
 
-    def preflight(self) -> None:
-        """Fail in the first second on what would otherwise fail after hours."""
+    def weights_record(self) -> Dict[str, object]:
+        """What produced the numbers, for every record (summary.json, report, bench.json):
+        ``{"kind": "checkpoint", "path", "sha256"}`` for a loaded checkpoint, ``{"kind": "onnx"|"om",
+        "path", "sha256"}`` for a model file that brings its own weights (hashed by content),
+        ``{"kind": "golden"}`` for golden weights, ``{"kind": "none"}`` for a runtime that reads no
+        model at all (the simulated NPU)."""
+        from m2det_impl._io import sha256_file
+
+        for kind in ("om", "onnx"):
+            path = getattr(self, kind)
+            if path is not None and kind in self.runtime.model_files:
+                from m2det_impl.backends.cache import export_weights_tag
+
+                record: Dict[str, object] = {"kind": kind, "path": str(Path(path).resolve()),
+                                             "sha256": sha256_file(path)}
+                tag = export_weights_tag(path)
+                if tag is not None:  # a cached export: it says which weights it was made from
+                    record["exported_from"] = tag
+                return record
+        if not self.runtime.loads_weights:
+            return {"kind": "none"}
+        if self.weights is None:
+            return {"kind": "golden"}
+        return {"kind": "checkpoint", "path": str(Path(self.weights).resolve()), "sha256": sha256_file(self.weights)}
+
+    def preflight(self, cfg: Optional["M2DetConfig"] = None) -> None:
+        """Fail in the first second on what would otherwise fail after hours (with ``cfg``:
+        a model file of another input size too)."""
         from m2det_impl.backends.preflight import check_model_inputs
 
-        check_model_inputs(self)
+        check_model_inputs(self, cfg)
 
     def create(self, cfg: "M2DetConfig") -> "Backend":
         """The backend, exporting or quantizing (once, cached) when needed."""

@@ -13,7 +13,14 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from m2det_impl._io import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_output_folder, read_json
+from m2det_impl._io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_output_folder,
+    read_json,
+    read_json_object,
+)
 from m2det_impl.errors import InputFileError
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.published import PUBLISHED_AP, PUBLISHED_THROUGHPUT
@@ -22,6 +29,7 @@ __all__ = [
     "draw_detections",
     "write_run_report",
     "write_conformance_report",
+    "weights_label",
 ]
 
 
@@ -50,14 +58,19 @@ def _overlaps(a, b) -> bool:
 
 def draw_detections(image_bgr: np.ndarray, results: Sequence[dict], names: Dict[int, str],
                     ground_truth: Sequence[dict] = (), title: str = "", golden: bool = False,
-                    min_score: float = 0.3, max_boxes: int = 20, max_labels: int = 6) -> np.ndarray:
+                    min_score: float = 0.3, max_boxes: int = 20, max_labels: int = 6,
+                    banner: Optional[str] = None) -> np.ndarray:
     """One image's detections (orange) over its ground truth (green), with a title bar and a legend.
 
     Only the ``max_boxes`` highest-scoring detections at or above
     ``min_score`` are drawn and only the ``max_labels`` best are labelled, so
     the labels stay readable. ``golden`` adds a banner saying that the weights
-    are untrained and the boxes mean nothing.
+    are untrained and the boxes mean nothing; ``banner`` puts another such warning there instead
+    (the simulated NPU's: no model at all).
     """
+    if golden and banner is None:
+        banner = "GOLDEN (UNTRAINED) WEIGHTS: the boxes mean nothing; pass --weights for a real model"
+    golden = banner is not None
     bar = 22
     height, width = image_bgr.shape[:2]
     rows = 3 if golden else 2
@@ -87,8 +100,7 @@ def draw_detections(image_bgr: np.ndarray, results: Sequence[dict], names: Dict[
         _text(canvas, label, origin, (255, 255, 255), background=DET_COLOUR)
     _text(canvas, title[:90], (4, 15), (255, 255, 255), background=(60, 60, 60))
     if golden:
-        _text(canvas, "GOLDEN (UNTRAINED) WEIGHTS: the boxes mean nothing; pass --weights for a real model",
-              (4, bar + 15), (255, 255, 255), scale=0.42, background=BANNER_COLOUR)
+        _text(canvas, banner, (4, bar + 15), (255, 255, 255), scale=0.42, background=BANNER_COLOUR)
     legend = (f"green: ground truth ({len(ground_truth)})   orange: detections, score >= {min_score:.2f} "
               f"(top {len(chosen)} of {len(results)}, {len(placed)} labelled)")
     _text(canvas, legend, (4, top + height + 15), (0, 0, 0), scale=0.4, background=(255, 255, 255))
@@ -109,26 +121,70 @@ def _ground_truth(annotations: Optional[Path], image_id: int) -> List[dict]:
     return [a for a in data.get("annotations", []) if a.get("image_id") == image_id and "bbox" in a]
 
 
-def _ap_rows(summaries: Sequence[dict]) -> List[str]:
-    rows = ["| backend | batch | images | dataset | AP@[.50:.95] | published (minival2014) | delta | weights |",
-            "|---|---|---|---|---|---|---|---|"]
-    for s in summaries:
+NO_MODEL_BANNER = "SIMULATED NPU, NO MODEL: the boxes are recorded reference cases, not detections"
+
+
+def weights_label(summary: dict) -> str:
+    """What produced a run's numbers, in a few words, from its summary's ``weights`` record
+    (older summaries: the identity's tag and ``golden_weights``)."""
+    record = summary.get("weights")
+    if isinstance(record, dict):
+        kind = record.get("kind")
+        short = str(record.get("sha256", ""))[:12]
+        name = Path(str(record.get("path", "?"))).name
+        if kind == "golden":
+            return "golden (AP meaningless)"
+        if kind == "none":
+            return "none: simulated NPU, outputs are reference cases (AP meaningless)"
+        if kind == "checkpoint":
+            return f"checkpoint {name} (sha256 {short})"
+        if record.get("path"):  # a model file that brings its own weights
+            source = str(record.get("exported_from") or "")
+            made = " (a cached export of golden weights: AP meaningless)" if source.startswith("golden") else ""
+            return f"{kind} file {name}, its own weights (sha256 {short}){made}"
+    if summary.get("golden_weights"):
+        return "golden (AP meaningless)"
+    return str((summary.get("identity") or {}).get("weights", "?"))
+
+
+def _weights_kind(summary: dict) -> str:
+    record = summary.get("weights")
+    if isinstance(record, dict) and str(record.get("exported_from", "")).startswith("golden"):
+        return "golden"
+    if isinstance(record, dict) and record.get("kind"):
+        return str(record["kind"])
+    return "golden" if summary.get("golden_weights") else "unknown"
+
+
+def _cell(text: object) -> str:
+    """A table cell's text: a ``|`` in it would split the cell."""
+    return str(text).replace("|", "\\|")
+
+
+def _ap_rows(summaries: Sequence[dict], runs: Sequence[str]) -> List[str]:
+    """One row per run, told apart by its folder (two runs of one backend and batch size differ in it)."""
+    rows = ["| run | backend | batch | images | dataset | AP@[.50:.95] | published (minival2014) | delta | weights |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for s, run in zip(summaries, runs):
         ident = s.get("identity", {})
-        golden = s.get("golden_weights", False)
         rows.append(
-            f"| {ident.get('backend', '?')} | {s.get('batch_size', '?')} | {s.get('num_images', '?')} | "
+            f"| {_cell(run)} | {ident.get('backend', '?')} | {s.get('batch_size', '?')} | {s.get('num_images', '?')} | "
             f"{s.get('dataset', '?')} | {s['ap']:.4f} | {PUBLISHED_AP:.3f} | {s['ap'] - PUBLISHED_AP:+.4f} | "
-            f"{'golden (AP meaningless)' if golden else ident.get('weights', '?')} |"
+            f"{_cell(weights_label(s))} |"
         )
     return rows
 
 
-def _report_markdown(summaries: Sequence[dict], bench: Optional[dict], png: Optional[str]) -> str:
+def _report_markdown(summaries: Sequence[dict], bench: Optional[dict], png: Optional[str],
+                     runs: Sequence[str]) -> str:
     lines = ["# M2Det conformance report", "",
-             "## Accuracy (COCO AP@[.50:.95])", "", *_ap_rows(summaries), ""]
+             "## Accuracy (COCO AP@[.50:.95])", "", *_ap_rows(summaries, runs), ""]
     if any(s.get("golden_weights") for s in summaries):
         lines += ["> **Golden weights**: no trained checkpoint was given. The pipeline ran for real, "
                   "but the AP says nothing about accuracy. Pass `--weights m2det512_vgg.pth`.", ""]
+    if any(_weights_kind(s) == "none" for s in summaries):
+        lines += ["> **No model**: the simulated NPU returns the reference's recorded output cases for every "
+                  "image, whatever the image. Its boxes and AP measure nothing but the host pipeline.", ""]
     lines += ["## Throughput (images/s)", ""]
     if bench:
         from m2det_impl.gating.bench_report import bench_markdown
@@ -163,12 +219,13 @@ def write_run_report(out: Path, summary: dict, cfg: M2DetConfig, records, result
             image = None
         if image is not None:
             mine = [r for r in results if r["image_id"] == record.image_id]
-            golden = bool(summary.get("golden_weights"))
+            kind = _weights_kind(summary)
+            golden = kind == "golden"
             backend = (summary.get("identity") or {}).get("backend", "?")
             title = f"{record.path.name} (image {record.image_id}), {backend}"
             canvas = draw_detections(image, mine, _category_names(annotations),
                                      ground_truth=_ground_truth(annotations, record.image_id), title=title,
-                                     golden=golden)
+                                     golden=golden, banner=NO_MODEL_BANNER if kind == "none" else None)
             ok, encoded = cv2.imencode(".png", canvas)
             if ok:
                 png_name = "detections.png"
@@ -179,8 +236,23 @@ def write_run_report(out: Path, summary: dict, cfg: M2DetConfig, records, result
                                                             "published": {"ap": PUBLISHED_AP,
                                                                           "throughput": PUBLISHED_THROUGHPUT}},
                                       indent=2))
-    paths.insert(0, atomic_write_text(out / "report.md", _report_markdown([summary], bench, png_name)))
+    paths.insert(0, atomic_write_text(out / "report.md", _report_markdown([summary], bench, png_name, [out.name])))
     return paths
+
+
+def _read_bench(path: Path) -> dict:
+    """A bench.json of ``m2det bench``, or an :class:`InputFileError` naming the file and what it lacks
+    (checked by rendering it, so every field the report shows is there)."""
+    from m2det_impl.gating.bench_report import bench_markdown
+
+    data = read_json_object(path, "bench file (m2det bench's bench.json)")
+    try:
+        bench_markdown(data)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        lacks = f"lacks {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        raise InputFileError(path, f"not a bench.json written by m2det bench ({lacks}; expected 'backend', "
+                                   f"'size', 'machine' and 'inference' rows with 'batch_size')") from None
+    return data
 
 
 def write_conformance_report(runs: Sequence[Path], output: Optional[Path] = None,
@@ -188,16 +260,16 @@ def write_conformance_report(runs: Sequence[Path], output: Optional[Path] = None
     """One report over several run folders (e.g. one per backend or batch size),
     with the precision variants of ``m2det compare`` (its compare.json files)."""
     runs = [Path(r) for r in runs]
-    out = ensure_output_folder(output if output else runs[0])  # before any reading: fail fast, create it
     summaries = [read_json(r / "summary.json", "run summary (summary.json)") for r in runs]
     for r, s in zip(runs, summaries):
         if not (isinstance(s, dict) and isinstance(s.get("ap"), (int, float)) and not isinstance(s["ap"], bool)
                 and isinstance(s.get("identity", {}), dict)):
             raise InputFileError(r / "summary.json", "not a run summary written by m2det run (needs a number 'ap')")
-    bench_data = read_json(bench, "bench file") if bench else None
+    bench_data = _read_bench(Path(bench)) if bench else None
     variants = [read_json(Path(c), "comparison (compare.json)") for c in compare]
+    out = ensure_output_folder(output if output else runs[0])  # after the (cheap) reading: a bad input leaves no folder
     png = "detections.png" if (out / "detections.png").exists() else None
-    text = _report_markdown(summaries, bench_data, png)
+    text = _report_markdown(summaries, bench_data, png, [str(r) for r in runs])
     if variants:
         from m2det_impl.evaluation.variants import section_markdown
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from m2det_impl._io import PathLike, atomic_write_json, ensure_output_file
-from m2det_impl.errors import M2DetError
+from m2det_impl.errors import InputFileError, M2DetError
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.network.priors import make_priors
 
-__all__ = ["OutputsEvaluation", "results_from_outputs", "score_results", "dataset_label"]
+__all__ = ["OutputsEvaluation", "results_from_outputs", "score_results", "dataset_label", "listed_inputs", "name_some"]
 
 
 @dataclass
@@ -28,6 +28,49 @@ class OutputsEvaluation:
     image_ids: List[int]
     skipped: Dict[str, str] = field(default_factory=dict)
     outputs_read: int = 0
+    listed: int = 0  # inputs the info file or ais summary lists (0: no list found)
+    listed_by: List[str] = field(default_factory=list)
+
+
+def listed_inputs(outputs: PathLike, image_info: Optional[PathLike] = None) -> Tuple[Dict[str, str], List[str]]:
+    """The inputs an output folder should hold outputs for: {stem: where it is listed}, and the
+    files that list them: the info file (``image_info``) and the ais summary (``filesinfo``) of
+    ais_bench / ``m2det infer`` beside the outputs (``<folder>_summary.json`` in ``outputs``, or
+    beside it when ``outputs`` is the time-stamped sub-folder itself)."""
+    from m2det_impl._io import read_json
+    from m2det_impl.pipeline.ais_files import ais_stem
+    from m2det_impl.pipeline.preprocess import read_info
+
+    listed: Dict[str, str] = {}
+    sources: List[str] = []
+    if image_info:
+        for stem in read_info(image_info):
+            listed.setdefault(stem, str(image_info))
+        sources.append(str(image_info))
+    folder = Path(outputs)
+    candidates = sorted(folder.glob("*_summary.json")) + [folder.parent / f"{folder.name}_summary.json"]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        data = read_json(path, "ais summary")
+        info = data.get("filesinfo") if isinstance(data, dict) else None
+        if not isinstance(info, dict):
+            raise InputFileError(path, "an ais summary without 'filesinfo' (per sample its 'infiles')")
+        for sample in info.values():
+            infiles = sample.get("infiles") if isinstance(sample, dict) else None
+            if not isinstance(infiles, list) or not all(isinstance(f, str) for f in infiles):
+                raise InputFileError(path, "'filesinfo' entries must hold 'infiles', a list of paths")
+            for infile in infiles:
+                listed.setdefault(ais_stem(infile), str(path))
+        sources.append(str(path))
+    return listed, sources
+
+
+def name_some(stems: Sequence[str], first: int = 3) -> str:
+    """``a, b, c (and 7 more)``: the first few of a list and how many there are in all."""
+    stems = sorted(stems)
+    more = f" (and {len(stems) - first} more)" if len(stems) > first else ""
+    return ", ".join(stems[:first]) + more
 
 
 def results_from_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetConfig, *,
@@ -61,6 +104,11 @@ def results_from_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetCon
     if problems and not skip_bad:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise M2DetError(problems[0].message + more + "; use --skip-bad to record and go on")
+    listed, listed_by = listed_inputs(outputs, image_info)
+    found = {p.stem for p in pairs} | set(skipped)
+    for stem in sorted(set(listed) - found):
+        # an interrupted run or a deleted file: not scored, as a bad output with --skip-bad is
+        skipped[stem] = f"{stem}: no output files (listed in {listed[stem]})"
     priors = make_priors(cfg)
     results: List[Dict[str, Any]] = []
     for pair in tqdm(pairs, unit="img", desc="m2det evaluate", disable=not progress):
@@ -72,7 +120,7 @@ def results_from_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetCon
                        | {images[s].image_id for s in skipped if s in images})
     if not image_ids:
         raise M2DetError(f"{outputs}: no readable outputs")
-    return OutputsEvaluation(results, image_ids, skipped, len(pairs))
+    return OutputsEvaluation(results, image_ids, skipped, len(pairs), len(listed), listed_by)
 
 
 def score_results(annotations: PathLike, results: Sequence[Mapping[str, Any]], image_ids: Sequence[int],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from m2det_impl._io import PathLike, atomic_write_json, atomic_write_text, ensure_output_folder
@@ -74,9 +75,9 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
     devices = check_device_ids(device_ids if device_ids else [model.device_id])
     if len(devices) > 1 and versus is not None:
         raise UsageError("--versus measures one device: give one --device-id with it")
-    model.preflight()
+    model.preflight(cfg)
     if versus is not None:
-        versus.preflight()
+        versus.preflight(cfg)
     if batch_sizes and model.batch_size is None:
         model = replace(model, batch_size=batch_sizes[0])  # the batch a dynamic-batch .om opens at
     out = ensure_output_folder(output)
@@ -92,7 +93,8 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
         other = versus.create(cfg) if versus is not None else None
         data: Dict[str, object] = {"backend": getattr(backend, "name", model.backend), "size": cfg.size,
                                    "machine": machine_info(), "warmup": warmup, "repeats": repeats,
-                                   "published": table, "inference": [], "end_to_end": []}
+                                   "published": table, "weights": model.weights_record(),
+                                   "inference": [], "end_to_end": []}
         for b in batch_sizes:
             _use_batch(backend, b)
             if other is None:
@@ -100,19 +102,23 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
                 data["inference"].append(measure_inference(backend, tensors, b, warmup, repeats))
             else:
                 names = (data["backend"], getattr(other, "name", "versus"))
-                if names[0] == names[1]:
-                    names = (names[0], names[1] + " (versus)")
+                if names[0] == names[1]:  # told apart by their model files (or roles)
+                    names = tuple(f"{n} ({Path(src).name if src else role})" for n, src, role in
+                                  zip(names, (backend.source, other.source), ("model", "versus")))
+                    if names[0] == names[1]:
+                        names = (names[0], names[1][:-1] + ", versus)")
                 logger.info(f"pure inference, batch {b}: {names[0]} and {names[1]} side by side ...")
                 rows = measure_side_by_side(dict(zip(names, (backend, other))), tensors, b, warmup,
                                             repeats)
                 data["inference"].append(rows[names[0]])
                 side = data.setdefault("versus", {"backend": names[1], "model": getattr(other, "source", None),
+                                                  "weights": versus.weights_record(),
                                                   "inference": [], "speed_ratio": {}})
                 side["inference"].append(rows[names[1]])
                 side["speed_ratio"][str(b)] = rows[names[0]]["median_s_per_batch"] / rows[names[1]]["median_s_per_batch"]
                 logger.info(f"batch {b}: {names[1]} {rows[names[1]]['wall_clock_images_per_second']:.3f} img/s, {names[0]} "
                     f"{rows[names[0]]['wall_clock_images_per_second']:.3f} img/s (wall clock): "
-                    f"{side['speed_ratio'][str(b)]:.2f}x")
+                    f"speed ratio {side['speed_ratio'][str(b)]:.2f}x")
         if end_to_end:
             for b in batch_sizes:
                 _use_batch(backend, b)
@@ -120,9 +126,10 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
                 data["end_to_end"].append(measure_end_to_end(backend, records, cfg, category_ids, b,
                                                              repeats=repeats, loader_threads=loader_threads,
                                                              host=host))
-                logger.info(f"batch {b}: end to end {data['end_to_end'][-1]['images_per_second']:.2f} img/s "
-                    f"(host work in {data['end_to_end'][-1]['host']}), pure inference "
-                    f"{data['end_to_end'][-1]['pure_images_per_second']:.2f} img/s")
+                e = data["end_to_end"][-1]
+                logger.info(f"batch {b}: end to end {e['images_per_second']:.3f} img/s (host work in {e['host']}), "
+                            f"paired pure inference {e['pure_images_per_second']:.3f} img/s (wall clock, same "
+                            f"images): {e['ratio']:.1%}")
         if model.weights is None and cfg.size == 512:
             # Without a known trained checkpoint the backend may hold golden
             # (random) weights, which put ~47,000 scores above 0.1 in every

@@ -81,7 +81,11 @@ def compare_precision(kind: str, dataset: Dataset, cfg: M2DetConfig, model: Mode
         verdict = max_ap_drop_gate(None, max_ap_drop)
         logger.info(verdict.message)
         return verdict.code
-    model.preflight()
+    model.preflight(cfg)
+    if kind == "fp16" and model.onnx is not None:
+        from m2det_impl.backends.preflight import check_onnx_model
+
+        check_onnx_model(model.onnx, cfg, batch_one="the fp16 forecast runs")
     folder = ensure_output_folder(out)
     categories = category_ids_for(dataset.annotations, cfg) if dataset.annotations else None
     if kind == "fp16":

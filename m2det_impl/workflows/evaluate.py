@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from m2det_impl._io import PathLike, atomic_write_json, ensure_output_file
-from m2det_impl.exit_codes import EXIT_OK
+from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 from m2det_impl.gating.gates import min_ap_gate
 from m2det_impl.logs import RESULT, get_logger
 from m2det_impl.network.config import M2DetConfig
@@ -31,20 +31,36 @@ def announce_and_gate(summary: dict, path: PathLike, min_ap: Optional[float]) ->
 
 def evaluate_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetConfig, results: PathLike,
                      summary: PathLike, *, image_info: Optional[PathLike] = None, skip_bad: bool = False,
-                     min_ap: Optional[float] = None, progress: bool = True) -> int:
-    """ais_bench / benchmark output files -> COCO results JSON -> AP; returns the exit code."""
-    from m2det_impl.pipeline.evaluate import results_from_outputs, score_results
+                     min_ap: Optional[float] = None, allow_partial: bool = False, progress: bool = True) -> int:
+    """ais_bench / benchmark output files -> COCO results JSON -> AP; returns the exit code.
+
+    Images the info file or the ais summary beside the outputs list but that have no outputs, and
+    (with ``skip_bad``) images whose outputs are unreadable, are not scored: named, counted as
+    misses, recorded in the summary's ``skipped``. ``min_ap`` fails over such a partial folder
+    (exit 1, naming them) unless ``allow_partial``, which the summary records."""
+    from m2det_impl.pipeline.evaluate import name_some, results_from_outputs, score_results
 
     results, summary = ensure_output_file(results), ensure_output_file(summary)  # before any work
     scored = results_from_outputs(outputs, annotations, cfg, image_info=image_info, skip_bad=skip_bad,
                                   progress=progress)
     for stem, reason in scored.skipped.items():
-        logger.info(f"skipped {stem}: {reason}")
+        logger.info(f"not scored {stem}: {reason}")
     results_path = atomic_write_json(results, scored.results)
     logger.log(RESULT, f"{scored.outputs_read} images, {len(scored.results)} detections -> {results_path}")
     data = score_results(annotations, scored.results, scored.image_ids, summary,
-                         extra={"skipped": scored.skipped, "outputs": str(outputs)})
-    return announce_and_gate(data, summary, min_ap)
+                         extra={"skipped": scored.skipped, "not_scored": len(scored.skipped),
+                                "listed": scored.listed, "listed_by": scored.listed_by,
+                                "allow_partial": allow_partial, "outputs": str(outputs)})
+    code = announce_and_gate(data, summary, min_ap)
+    if scored.skipped:
+        message = (f"{len(scored.skipped)} image(s) not scored (no or unreadable outputs): "
+                   f"{name_some(list(scored.skipped))}")
+        if min_ap is not None and not allow_partial:
+            logger.error(f"GATE FAILED: {message}; the AP of a partial output folder is not gated (pass "
+                         f"--allow-partial to gate it anyway, counting them as misses)")
+            return EXIT_GATE_FAILED
+        logger.warning(f"WARNING: {message}; they count as misses")
+    return code
 
 
 def merge_shards(shards: Sequence[PathLike], results: PathLike, summary: PathLike, *,

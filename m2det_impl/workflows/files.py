@@ -224,7 +224,7 @@ def infer(inputs: PathLike, cfg: M2DetConfig, model: ModelSpec, output: PathLike
     devices = check_device_ids(device_ids if device_ids else [model.device_id], len(files))
     if len(devices) > 1 and naming != "ais":
         raise UsageError("several devices write ais_bench's per-device layout: use --naming ais")
-    model.preflight()
+    model.preflight(cfg)
     check_bin_inputs([f for f in files if f.suffix.lower() == ".bin"], cfg)
     _check_npy_inputs(files, cfg)
     out = Path(output)

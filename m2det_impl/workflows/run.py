@@ -31,6 +31,62 @@ def category_ids_for(annotations: Optional[PathLike], cfg: M2DetConfig) -> List[
     return category_ids(load_annotations(annotations))
 
 
+def _merge_hint_options(annotations, dataset) -> str:
+    """The options that make the printed merge command score: the annotations (``bundled`` for the
+    bundled set's) and the --limit the shards ran with."""
+    if annotations is None:
+        return ""
+    from m2det_impl.resources import BUNDLED, MINI_COCO_ANNOTATIONS
+
+    bundled = Path(annotations).resolve() == MINI_COCO_ANNOTATIONS.resolve()
+    text = f" --annotations {BUNDLED if bundled else annotations}"
+    from m2det_impl.pipeline.dataset import annotation_images
+
+    ran = len(dataset.records)  # --limit N runs the first N images by id, as merge --limit N expects
+    return text + (f" --limit {ran}" if ran < len(annotation_images(annotations)) else "")
+
+
+def _earlier_speed(path, identity) -> Optional[dict]:
+    """The speed an earlier run of the same identity recorded in ``path`` (its summary.json), if any."""
+    from m2det_impl._io import read_json_object
+    from m2det_impl.errors import InputFileError
+
+    if not path.is_file():
+        return None
+    try:
+        summary = read_json_object(path, "run summary")
+    except InputFileError:
+        return None
+    speed = summary.get("images_per_second")
+    import json
+
+    from m2det_impl._io import to_jsonable
+
+    if summary.get("identity") != json.loads(json.dumps(identity, default=to_jsonable)) or not isinstance(speed, (int, float)) or isinstance(speed, bool) \
+            or speed <= 0:
+        return None
+    return {"images_per_second": float(speed),
+            "images_per_second_from": _earlier_source(summary.get("images_per_second_from"))}
+
+
+def _earlier_source(recorded: object) -> str:
+    if isinstance(recorded, str) and recorded.startswith("an earlier run"):
+        return recorded
+    return "an earlier run of this folder (the one that inferred the images)"
+
+
+def _speed(outcome, earlier: Optional[dict]) -> dict:
+    """summary.json's speed: measured now when images were inferred now; when every image was
+    resumed, the figure of the run that inferred them (and says so), else none (never 0.0)."""
+    if outcome.processed_now:
+        return {"images_per_second": outcome.images_per_second, "images_per_second_from": "this run"}
+    if earlier is not None:
+        logger.info(f"every image was resumed: the speed recorded is {earlier['images_per_second']:.2f} images/s, "
+                    f"measured by {earlier['images_per_second_from']}")
+        return earlier
+    return {"images_per_second": None, "images_per_second_from": "not measured: every image was resumed"}
+
+
 def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, batch_size: Optional[int] = None,
         shard: Optional[str] = None, fresh: bool = False, skip_bad: bool = False, loader_threads: int = 2,
         host: str = "auto", report: bool = True, min_ap: Optional[float] = None, progress: bool = True,
@@ -48,10 +104,7 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     shards ``--shard`` makes, each journaled and resumable), then merges the
     shards and scores them as one run: the same results and AP as on one device.
     """
-    from m2det_impl.pipeline.evaluate import score_results
-    from m2det_impl.pipeline.journal import PartialStore
-    from m2det_impl.pipeline.shards import parse_shard, select_shard, shard_results_name, write_shard_file
-    from m2det_impl.pipeline.stream import run_pipeline
+    from m2det_impl.pipeline.shards import parse_shard, select_shard
 
     records, annotations = dataset.records, dataset.annotations
     if annotations is None and min_ap is not None:
@@ -65,7 +118,7 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     if len(devices) > 1 and shard:
         raise UsageError(f"--shard {shard} with {len(devices)} devices: several devices shard the images "
                          "themselves; give one or the other")
-    model.preflight()
+    model.preflight(cfg)
     if batch_size is not None:
         model = replace(model, batch_size=batch_size)
     if len(devices) > 1:
@@ -76,9 +129,50 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     parsed = parse_shard(shard) if shard else None
     if parsed:
         records = select_shard(records, *parsed)
+    created = not Path(out).exists()
     out = ensure_output_folder(out)
+    try:
+        return _run_in(out, dataset, records, annotations, cfg, model, parsed, shard, batch_size=batch_size,
+                       fresh=fresh, skip_bad=skip_bad, loader_threads=loader_threads, host=host, report=report,
+                       min_ap=min_ap, progress=progress)
+    except Exception:
+        _discard_if_unused(out, created)
+        raise
+
+
+def _golden(model, record: dict) -> bool:
+    """Golden weights: none given, or a cached ONNX export made from them."""
+    return model.golden or str(record.get("exported_from", "")).startswith("golden")
+
+
+def _discard_if_unused(out: Path, created: bool) -> None:
+    """After a failure: header-only journals (no image finished) go, and the folder too when this
+    run created it and nothing else is left in it, so a failed command leaves nothing empty behind."""
+    for journal in out.glob(".partial.*.jsonl"):
+        try:
+            with open(journal, "rb") as handle:
+                lines = sum(1 for line in handle if line.strip())
+            if lines <= 1:
+                journal.unlink()
+        except OSError:
+            pass
+    if created:
+        try:
+            out.rmdir()  # only when empty
+        except OSError:
+            pass
+
+
+def _run_in(out, dataset, records, annotations, cfg, model, parsed, shard, *, batch_size, fresh, skip_bad,
+            loader_threads, host, report, min_ap, progress) -> int:
+    from m2det_impl.pipeline.evaluate import score_results
+    from m2det_impl.pipeline.journal import PartialStore
+    from m2det_impl.pipeline.shards import shard_results_name, write_shard_file
+    from m2det_impl.pipeline.stream import run_pipeline
+
     category_ids = category_ids_for(annotations, cfg)
     identity = model.identity(cfg)
+    earlier = _earlier_speed(out / "summary.json", identity)  # before this run rewrites the summary
     tag = f"shard-{parsed[0]}-of-{parsed[1]}" if parsed else "full"
     store = PartialStore(out / f".partial.{tag}.jsonl", identity, fresh=fresh, lock=True)
     try:
@@ -106,7 +200,8 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     if parsed:
         path = write_shard_file(out / shard_results_name(*parsed), parsed[0], parsed[1], outcome, identity)
         logger.log(RESULT, f"shard {parsed[0]}/{parsed[1]}: {len(outcome.image_ids)} images, {len(outcome.results)} detections "
-             f"-> {path}\nmerge all shards with: m2det merge {out}/results.shard-*-of-{parsed[1]}.json")
+             f"-> {path}\nmerge and score all shards with: m2det merge {out}/results.shard-*-of-{parsed[1]}.json"
+             + _merge_hint_options(annotations, dataset))
         return EXIT_OK
     results_path = atomic_write_json(out / "results.json", outcome.results)
     done = len(outcome.image_ids) - len(outcome.skipped)  # a skipped image is not done: it scores as a miss
@@ -118,16 +213,18 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     if annotations is None:
         logger.log(RESULT, "not scored: these images have no annotations (give --annotations or --coco-root for an AP)")
         return EXIT_OK
+    weights = model.weights_record()
     summary = score_results(annotations, outcome.results, outcome.image_ids, out / "summary.json",
                             extra={"identity": identity, "batch_size": batch_size, "skipped": outcome.skipped,
-                                   "golden_weights": model.weights is None, "images_per_second": outcome.images_per_second})
+                                   "golden_weights": _golden(model, weights), "weights": weights,
+                                   **_speed(outcome, earlier)})
     if report:
         from m2det_impl.gating.report import write_run_report
 
         paths = write_run_report(out, summary, cfg, records, outcome.results, annotations)
         logger.log(RESULT, "report: " + ", ".join(str(p) for p in paths))
     code = announce_and_gate(summary, out / "summary.json", min_ap)
-    if model.weights is None:
+    if model.golden:
         logger.info("NOTE: golden (untrained) weights: the AP above measures the pipeline, not the model; "
             "pass --weights m2det512_vgg.pth for the real figure")
     return code
@@ -168,7 +265,8 @@ def _run_on_devices(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: P
     identity = model.identity(cfg)
     summary = score_results(dataset.annotations, merged, image_ids, out / "summary.json",
                             extra={"identity": identity, "batch_size": batch_size, "skipped": skipped,
-                                   "golden_weights": model.weights is None, "devices": list(devices),
+                                   "golden_weights": model.golden, "weights": model.weights_record(),
+                                   "devices": list(devices),
                                    "shards": [d["shard_file"] for d in done]})
     if report:
         from m2det_impl.gating.report import write_run_report

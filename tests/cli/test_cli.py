@@ -167,7 +167,10 @@ def full_run(tmp_path_factory, onnx_path):
 def test_run_writes_results_summary_and_report(full_run):
     results = json.loads((full_run / "results.json").read_text())
     summary = json.loads((full_run / "summary.json").read_text())
+    # an --onnx file brings its own weights: recorded by content hash (a cached export says what it was made from)
     assert summary["num_images"] == 3 and summary["golden_weights"] is True
+    assert summary["weights"]["kind"] == "onnx" and len(summary["weights"]["sha256"]) == 64
+    assert summary["weights"]["exported_from"] == "golden0"
     assert {r["image_id"] for r in results} <= set(sorted(i["id"] for i in json.loads(ANN.read_text())["images"])[:3])
     assert all(set(r) == {"image_id", "category_id", "bbox", "score"} for r in results)
     for name in ("report.md", "report.json", "detections.png"):

@@ -12,6 +12,7 @@ from typing import Callable, Dict
 
 from m2det_impl.cli.commands import (
     bench,
+    cache,
     collect,
     compare,
     drift,
@@ -28,6 +29,6 @@ from m2det_impl.cli.commands import (
 __all__ = ["MODULES", "COMMANDS"]
 
 #: command name -> its module, in the order ``m2det --help`` lists them.
-MODULES: Dict[str, ModuleType] = {m.__name__.rsplit(".", 1)[1]: m for m in (run, evaluate, merge, export, preprocess, infer, bench, report, compare, drift, collect, regress)}
+MODULES: Dict[str, ModuleType] = {m.__name__.rsplit(".", 1)[1]: m for m in (run, evaluate, merge, export, preprocess, infer, bench, report, compare, drift, collect, regress, cache)}
 #: command name -> the function the parser calls (looked up when the parser is built).
 COMMANDS: Dict[str, Callable[..., int]] = {name: module.run for name, module in MODULES.items()}

@@ -50,7 +50,9 @@ def run(args) -> int:
 
     versus = model_from(args, backend=args.versus) if args.versus else None
     if versus is not None:
-        versus = type(versus)(**{**versus.__dict__, "onnx": args.versus_onnx, "om": None})
+        keeps_weights = versus.runtime.loads_weights and not args.versus_onnx
+        versus = type(versus)(**{**versus.__dict__, "onnx": args.versus_onnx, "om": None,
+                                 "weights": versus.weights if keeps_weights else None})
     return bench(dataset_from(args), config_from(args), model_from(args), args.output, batch_sizes=args.batch_sizes,
                  warmup=args.warmup, repeats=args.repeats, host_images=args.host_images,
                  end_to_end=not args.no_end_to_end, loader_threads=args.loader_threads, host=args.host,

@@ -12,7 +12,8 @@ HELP = ("compare current results with a baseline under the baseline's one-sided 
 
 def configure(p: argparse.ArgumentParser) -> None:
     """The options of ``m2det regress``."""
-    p.add_argument("--baseline", required=True, help="baseline file (the package's data/baselines/<platform>.json)")
+    p.add_argument("--baseline", required=True, help="baseline file, or the name of one the package ships (data/baselines/<name>.json, "
+                        "e.g. cpu-x86_64-2core)")
     p.add_argument("--current", required=True, help="results file written by m2det collect")
     add_output_option(p, "folder for regress.json and regress.md (default: the current file's folder)",
                       old_names=("--out",))
@@ -26,6 +27,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from m2det_impl.gating.regress import run_regress
+    from m2det_impl.resources import resolve_baseline
 
-    return run_regress(args.baseline, args.current, args.output, allow_other_machine=args.allow_other_machine,
+    return run_regress(resolve_baseline(args.baseline), args.current, args.output, allow_other_machine=args.allow_other_machine,
                        allow_other_workload=args.allow_other_workload, update=args.update)

@@ -24,7 +24,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_dataset_options(p)
     add_model_options(p)
     add_output_option(p, "output folder (default ./m2det-run)", default="m2det-run", old_names=("--out",))
-    p.add_argument("--shard", help="I/N: process every N-th image from I; combine with m2det merge")
+    p.add_argument("--shard", help="I/N: process every N-th image from I, shards counting from 0 (two shards: "
+                                   "0/2 and 1/2); combine with m2det merge")
     p.add_argument("--fresh", action="store_true", help="ignore partial results from an interrupted run")
     p.add_argument("--skip-bad", action="store_true", help="record unreadable images and go on")
     p.add_argument("--loader-threads", type=positive_int, default=2, help="image decoding threads (default 2)")

@@ -11,7 +11,7 @@ The runtime's own checks are its registered entry's ``preflight``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 from m2det_impl._io import PathLike
 from m2det_impl.backends.registry import runtimes
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_model_inputs",
+    "check_models",
     "check_onnx_model",
     "check_model_file",
     "check_bin_inputs",
@@ -64,8 +65,22 @@ def check_onnx_model(path: PathLike, cfg: Optional[M2DetConfig] = None, batch_on
 def check_model_inputs(spec: "ModelSpec", cfg: Optional[M2DetConfig] = None) -> None:
     """Everything a backend will need, checked before the dataset is read or an
     output folder written: the files given exist, the runtime reads each of
-    them, an ONNX file is whole and (with ``cfg``) of the size asked, and the
-    runtime's own checks (an ``.om`` and an Ascend runtime, a GPU provider) pass."""
+    them, the runtime's own checks (an ``.om`` and an Ascend runtime, a GPU
+    provider) pass, and an ONNX file is whole and (with ``cfg``) of the size asked."""
+    check_models([spec], cfg)
+
+
+def check_models(specs: Sequence["ModelSpec"], cfg: Optional[M2DetConfig] = None) -> None:
+    """:func:`check_model_inputs` for every spec a job runs (``bench --versus``: two), the options and
+    runtimes of all of them before any model file is read: an absent runtime is the first thing to fix."""
+    for spec in specs:
+        _check_options_and_runtime(spec)
+    for spec in specs:
+        if spec.onnx is not None and "onnx" in spec.runtime.model_files:
+            check_onnx_model(spec.onnx, cfg)
+
+
+def _check_options_and_runtime(spec: "ModelSpec") -> None:
     entry = spec.runtime
     check_model_file(spec.weights, _WHAT["weights"], CheckpointError)
     check_model_file(spec.onnx, _WHAT["onnx"])
@@ -86,8 +101,6 @@ def check_model_inputs(spec: "ModelSpec", cfg: Optional[M2DetConfig] = None) -> 
         takers = ", ".join(n for n, e in runtimes().items() if e.read_dumps is not None)
         raise InputFileError(Path(spec.dump), f"--dump is for --backend {takers} (a device that dumps every "
                                               f"layer), not --backend {entry.name}")
-    if spec.onnx is not None and "onnx" in entry.model_files:
-        check_onnx_model(spec.onnx, cfg)
     if entry.preflight is not None:
         entry.preflight(spec)
 

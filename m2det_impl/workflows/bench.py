@@ -75,9 +75,9 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
     devices = check_device_ids(device_ids if device_ids else [model.device_id])
     if len(devices) > 1 and versus is not None:
         raise UsageError("--versus measures one device: give one --device-id with it")
-    model.preflight(cfg)
-    if versus is not None:
-        versus.preflight(cfg)
+    from m2det_impl.backends.preflight import check_models
+
+    check_models([model] if versus is None else [model, versus], cfg)
     if batch_sizes and model.batch_size is None:
         model = replace(model, batch_size=batch_sizes[0])  # the batch a dynamic-batch .om opens at
     out = ensure_output_folder(output)

@@ -63,7 +63,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with _console_logging(verbose=getattr(args, "verbose", False)):
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        log("\nm2det: interrupted; partial results are kept, run the same command again to resume")
+        if getattr(MODULES.get(args.command), "RESUMES", False):
+            log(f"\nm2det {args.command}: interrupted; partial results are kept, run the same command again to resume")
+        else:
+            log(f"\nm2det {args.command}: interrupted; what was written so far is kept but incomplete (no summary), "
+                "and the same command starts over (only m2det run resumes)")
         return EXIT_INTERRUPTED
     except (M2DetError, OSError) as exc:
         if os.environ.get("M2DET_DEBUG"):

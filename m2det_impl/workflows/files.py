@@ -98,8 +98,12 @@ def export_int8(cfg: M2DetConfig, out_dir: PathLike, *, weights: Optional[PathLi
 
 
 def preprocess(dataset: Dataset, cfg: M2DetConfig, output: PathLike, *, info_name: str = "m2det",
-               workers: int = 2, progress: bool = True) -> int:
-    """Images -> ``<stem>.bin`` (float32, [1, 3, S, S]) and the guide's ``NAME_bin.info`` / ``NAME_jpg.info``."""
+               workers: int = 2, progress: bool = True, skip_bad: bool = False) -> int:
+    """Images -> ``<stem>.bin`` (float32, [1, 3, S, S]) and the guide's ``NAME_bin.info`` / ``NAME_jpg.info``.
+
+    An unreadable image stops the job and removes the ``.bin`` files this call wrote, so a folder never
+    holds inputs without their info files; with ``skip_bad`` it is named, left out of both info files,
+    and the job goes on."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
@@ -109,17 +113,37 @@ def preprocess(dataset: Dataset, cfg: M2DetConfig, output: PathLike, *, info_nam
     out = ensure_output_folder(output)
     records = dataset.records
 
-    def work(record):
-        tensor, size = load_and_preprocess(record.path, cfg)
-        return write_bin(out / f"{record.stem}.bin", tensor[None]), size
+    written: List[Path] = []
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        done = list(tqdm(pool.map(work, records), total=len(records), unit="img", desc="m2det preprocess",
-                         disable=not progress))
-    bin_entries = [InfoEntry(i, str(path), cfg.size, cfg.size) for i, (path, _) in enumerate(done)]
+    def work(record):
+        try:
+            tensor, size = load_and_preprocess(record.path, cfg)
+        except InputFileError as exc:
+            if not skip_bad:
+                raise
+            return record, None, str(exc)
+        path = write_bin(out / f"{record.stem}.bin", tensor[None])
+        written.append(path)
+        return record, (path, size), None
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            outcomes = list(tqdm(pool.map(work, records), total=len(records), unit="img", desc="m2det preprocess",
+                                 disable=not progress))
+    except BaseException:
+        for path in written:  # no .bin without its info files
+            path.unlink(missing_ok=True)
+        raise
+    done = [(record, result) for record, result, _ in outcomes if result is not None]
+    for record, _, reason in outcomes:
+        if reason is not None:
+            logger.warning(f"skipped {record.path}: {reason}")
+    bin_entries = [InfoEntry(i, str(path), cfg.size, cfg.size) for i, (_, (path, _)) in enumerate(done)]
     write_info(out / f"{info_name}_bin.info", bin_entries)
-    write_info(out / f"{info_name}_jpg.info", jpg_info_entries([r.path for r in records], [s for _, s in done]))
-    logger.log(RESULT, f"{len(done)} .bin files and {info_name}_bin.info, {info_name}_jpg.info -> {out}")
+    write_info(out / f"{info_name}_jpg.info", jpg_info_entries([r.path for r, _ in done], [s for _, (_, s) in done]))
+    skipped = len(outcomes) - len(done)
+    logger.log(RESULT, f"{len(done)} .bin files" + (f" ({skipped} unreadable image(s) skipped)" if skipped else "")
+               + f" and {info_name}_bin.info, {info_name}_jpg.info -> {out}")
     return EXIT_OK
 
 
@@ -174,6 +198,31 @@ def _read_input(path: Path, cfg: M2DetConfig):
     return load_and_preprocess(path, cfg)[0][None]
 
 
+def _readable_images(files: Sequence[Path], skip_bad: bool) -> List[Path]:
+    """The inputs, each image decoded once first: an unreadable image stops the job before anything is
+    written, or (``skip_bad``) is named and left out."""
+    from m2det_impl.pipeline.preprocess import load_image
+
+    kept = []
+    for path in files:
+        if path.suffix.lower() not in (".bin", ".npy"):
+            try:
+                load_image(path)
+            except InputFileError as exc:
+                if not skip_bad:
+                    raise InputFileError(path, f"{_reason(exc)} (use --skip-bad to leave unreadable images out "
+                                               "and go on)") from None
+                logger.warning(f"skipped {path}: {_reason(exc)}")
+                continue
+        kept.append(path)
+    return kept
+
+
+def _reason(exc: InputFileError) -> str:
+    """An input error's problem, without the file name (the caller names the file)."""
+    return exc.problem
+
+
 def _check_writable(folder: Path) -> None:
     """The folder can be written (or made), without making it: a bad input found later leaves nothing."""
     from m2det_impl.errors import OutputFileError
@@ -187,7 +236,8 @@ def _check_writable(folder: Path) -> None:
 
 def infer(inputs: PathLike, cfg: M2DetConfig, model: ModelSpec, output: PathLike, *,
           batch_size: Optional[int] = None, naming: str = "ais", output_dirname: Optional[str] = None,
-          outfmt: str = "BIN", progress: bool = True, device_ids: Optional[Sequence[int]] = None) -> InferResult:
+          outfmt: str = "BIN", progress: bool = True, device_ids: Optional[Sequence[int]] = None,
+          skip_bad: bool = False) -> InferResult:
     """Run ``model`` over a folder of ``.bin``/``.npy`` inputs (or images) and write the
     outputs as the Ascend tools do: ``naming="ais"`` writes ais_bench's layout
     (a time-stamped sub-folder, or ``output_dirname``, with ``<stem>_0`` scores
@@ -205,7 +255,9 @@ def infer(inputs: PathLike, cfg: M2DetConfig, model: ModelSpec, output: PathLike
     ``<output>/<name>/device{N}/`` and ``device{N}_summary.json`` per device,
     and ``<output>/<name>/throughput.json`` with the sum of the devices'
     throughputs. Every check on the inputs, the options and the model runs
-    before anything is written."""
+    before anything is written: ``.bin`` sizes, and each image input decoded
+    once (an unreadable one stops the job with nothing written; with
+    ``skip_bad`` it is named and left out)."""
     from m2det_impl.backends.preflight import check_bin_inputs
     from m2det_impl.pipeline.ais_files import check_output_dirname
     from m2det_impl.workflows.devices import check_device_ids
@@ -227,6 +279,9 @@ def infer(inputs: PathLike, cfg: M2DetConfig, model: ModelSpec, output: PathLike
     model.preflight(cfg)
     check_bin_inputs([f for f in files if f.suffix.lower() == ".bin"], cfg)
     _check_npy_inputs(files, cfg)
+    files = _readable_images(files, skip_bad)
+    if not files:
+        raise InputFileError(inputs, "no readable input left (every image was unreadable)")
     out = Path(output)
     _check_writable(out)
     if batch_size is not None:

@@ -22,6 +22,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "it); benchmark: flat _1/_2 .bin files (the older tool)")
     p.add_argument("--output-dirname", help="ais layout: sub-folder name instead of the time stamp (ais_bench's "
                                             "--output_dirname; relative to --output)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="image inputs: leave an unreadable image out (named on stderr, absent from the summary's "
+                        "filesinfo) and go on; without it, every image is decoded once before anything is written, "
+                        "and one unreadable image stops the job with nothing written")
     p.add_argument("--dump", action="store_true",
                    help="dump every layer as ais_bench --dump does: <output>/acl.json, the dump under <output>/dump, "
                         "no warm-up; one device; read it with m2det drift (docs/drift.md)")
@@ -37,5 +41,5 @@ def run(args) -> int:
         raise UsageError("--dump takes one device: a dump is one inference of one model (give one --device-id)")
     infer(args.inputs, config_from(args), model_from(args), args.output, batch_size=args.batch_size,
           naming=args.naming, output_dirname=args.output_dirname, outfmt=args.outfmt, progress=not args.quiet,
-          device_ids=device_ids_from(args))
+          device_ids=device_ids_from(args), skip_bad=args.skip_bad)
     return EXIT_OK

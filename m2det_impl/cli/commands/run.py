@@ -16,6 +16,9 @@ from m2det_impl.cli.common import (
     positive_int,
 )
 
+#: An interrupted run resumes where it stopped (its journal): the interruption message says so.
+RESUMES = True
+
 HELP = "the whole pipeline in memory: images -> detections -> results JSON, AP and a report"
 
 

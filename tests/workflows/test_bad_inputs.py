@@ -1,0 +1,86 @@
+"""Issue 20, points 3 and 9: a corrupt image among the inputs of ``preprocess`` or ``infer`` leaves no
+half-finished folder (``--skip-bad`` names it and goes on), and an interrupted command says truthfully
+whether the same command resumes (only ``run`` does)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from m2det_impl.cli.app import main
+from m2det_impl.exit_codes import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
+from m2det_impl.resources import MINI_COCO
+
+pytestmark = pytest.mark.cpu
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Two bundled images and, between them by name, a corrupt JPEG."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for source in sorted((MINI_COCO / "val2014").glob("*.jpg"))[:2]:
+        shutil.copy(source, folder / source.name)
+    names = sorted(p.name for p in folder.iterdir())
+    bad = folder / (names[0][:-4] + "_corrupt.jpg")
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder, bad
+
+
+def test_preprocess_stops_on_a_corrupt_image_and_leaves_no_bin_behind(images, tmp_path, capsys):
+    folder, bad = images
+    out = tmp_path / "prep"
+    assert main(["preprocess", "--images", str(folder), "--output", str(out), "--quiet"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0]
+    assert sorted(p.name for p in out.glob("*.bin")) == []  # no input without its info files
+
+
+def test_preprocess_skip_bad_names_it_and_writes_the_rest_with_their_info_files(images, tmp_path, capsys):
+    folder, bad = images
+    out = tmp_path / "prep"
+    assert main(["preprocess", "--images", str(folder), "--output", str(out), "--skip-bad", "--quiet"]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert f"skipped {bad}" in captured.err and "1 unreadable image(s) skipped" in captured.out
+    bins = sorted(p.name for p in out.glob("*.bin"))
+    assert len(bins) == 2 and not any("corrupt" in b for b in bins)
+    listed = (out / "m2det_bin.info").read_text().splitlines()
+    assert len(listed) == 2 and not any("corrupt" in line for line in listed)
+    assert not any("corrupt" in line for line in (out / "m2det_jpg.info").read_text().splitlines())
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_infer_checks_every_image_before_writing(images, tmp_path, capsys, skip_bad):
+    folder, bad = images
+    out = tmp_path / "out"
+    argv = ["infer", "--backend", "simulated-npu", "--sim-ms-per-image", "0", "--inputs", str(folder),
+            "--output", str(out), "--output-dirname", "run", "--quiet"] + (["--skip-bad"] if skip_bad else [])
+    code = main(argv)
+    captured = capsys.readouterr()
+    if not skip_bad:
+        assert code == EXIT_BAD_INPUT
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and str(bad) in err[0] and "--skip-bad" in err[0]
+        assert not out.exists()  # nothing written
+        return
+    assert code == EXIT_OK and f"skipped {bad}" in captured.err
+    written = sorted(p.name for p in (out / "run").iterdir())
+    assert len(written) == 4 and not any("corrupt" in name for name in written)  # <stem>_0, <stem>_1 each
+
+
+@pytest.mark.parametrize("command, resumes", [("run", True), ("infer", False), ("preprocess", False)])
+def test_an_interrupted_command_says_whether_it_resumes(monkeypatch, capsys, tmp_path, command, resumes):
+    from m2det_impl.cli import commands
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(commands.COMMANDS, command, interrupted)
+    argv = {"run": ["run"], "infer": ["infer", "--inputs", str(tmp_path), "--output", str(tmp_path / "o")],
+            "preprocess": ["preprocess", "--output", str(tmp_path / "p")]}[command]
+    assert main(argv) == EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert ("run the same command again to resume" in err) is resumes
+    if not resumes:
+        assert "starts over" in err and "only m2det run resumes" in err

@@ -287,8 +287,12 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
                 "code; only weights are loaded)",
             ) from None
         raise CheckpointError(path, f"not a readable PyTorch checkpoint ({_first_line(exc)})") from None
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files (KeyError for a text file)
+        found = _what_the_file_is(path)
+        if found:
+            raise CheckpointError(path, f"not a PyTorch checkpoint: {found}") from None
+        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(exc).__name__}: "
+                                    f"{_first_line(exc)})") from None
     state = _strip_module_prefix(_extract_state_dict(obj, path))
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]

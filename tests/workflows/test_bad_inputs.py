@@ -84,3 +84,30 @@ def test_an_interrupted_command_says_whether_it_resumes(monkeypatch, capsys, tmp
     assert ("run the same command again to resume" in err) is resumes
     if not resumes:
         assert "starts over" in err and "only m2det run resumes" in err
+
+
+def test_a_text_file_as_weights_says_what_it_is(tmp_path, capsys):
+    """The fresh-clone trial: a text file given as --weights read 'not a readable PyTorch checkpoint (101)'."""
+    text = tmp_path / "text.pth"
+    text.write_text("101 is not a checkpoint\n")
+    assert main(["run", "--backend", "torch", "--weights", str(text), "--limit", "1", "--output",
+                 str(tmp_path / "o"), "--quiet"]) == EXIT_BAD_INPUT
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and str(text) in err[0] and "neither a zip archive" in err[0] and "'101 is n'" in err[0]
+
+
+def test_collect_takes_the_bundled_annotations(tmp_path, capsys):
+    """The fresh-clone trial: evaluate and merge took --annotations bundled, collect did not."""
+    import json
+
+    from m2det_impl.resources import MINI_COCO_ANNOTATIONS
+
+    run = tmp_path / "run"
+    assert main(["run", "--backend", "simulated-npu", "--sim-ms-per-image", "0", "--limit", "1", "--output", str(run),
+                 "--no-report", "--quiet"]) == EXIT_OK
+    by_name, by_path = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["collect", "--run", str(run), "--annotations", "bundled", "--output", str(by_name)]) == EXIT_OK
+    assert main(["collect", "--run", str(run), "--annotations", str(MINI_COCO_ANNOTATIONS),
+                 "--output", str(by_path)]) == EXIT_OK
+    named, pathed = json.loads(by_name.read_text()), json.loads(by_path.read_text())
+    assert named["workload"]["dataset"] == pathed["workload"]["dataset"] and named["workload"]["dataset"]

@@ -19,7 +19,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="figure ap/NAME from an m2det evaluate summary on the same images; repeatable")
     p.add_argument("--bench", action="append", help="bench.json written by m2det bench; repeatable")
     p.add_argument("--saved-runs", help="folder of runs saved by pytest --save-outputs (tolerance statistics)")
-    p.add_argument("--annotations", help="the runs' COCO annotation file (identifies the dataset)")
+    p.add_argument("--annotations", help="the runs' COCO annotation file (identifies the dataset); 'bundled': the "
+                                         "bundled mini COCO set's")
     p.add_argument("--precision", help="fp32, fp16, int8 (default: fp16 for om runs, else fp32)")
     p.add_argument("--platform", help="platform name (default: from this machine, e.g. cpu-x86_64-2core)")
     p.add_argument("--note", action="append", help="a line to carry into the regression report; repeatable")
@@ -32,6 +33,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from m2det_impl._io import atomic_write_json, ensure_output_file
     from m2det_impl.gating.collect import collect_results
+    from m2det_impl.resources import resolve_annotations
 
     scored = []
     for item in args.ap or []:
@@ -40,7 +42,7 @@ def run(args) -> int:
             raise UsageError(f"--ap wants NAME=SUMMARY.json, got {item!r}")
         scored.append((name, path))
     out = ensure_output_file(args.output)
-    data = collect_results(args.run or [], args.bench or [], args.saved_runs, args.annotations, scored=scored,
+    data = collect_results(args.run or [], args.bench or [], args.saved_runs, resolve_annotations(args.annotations), scored=scored,
                            precision=args.precision, platform=args.platform, notes=args.note or [],
                            detections=not args.no_detections, golden_forward=args.golden_forward)
     path = atomic_write_json(out, data, indent=2)

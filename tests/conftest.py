@@ -54,6 +54,38 @@ def golden_export(request, cfg512) -> Callable[[Optional[int]], ExportRecord]:
     return get
 
 
+# ------------------------------------------------------------------ the reduced network
+from support import SMALL_CONFIG_FILE  # noqa: E402  the reduced network (docs/testing.md, "Suite time")
+
+
+@pytest.fixture(scope="session")
+def small_config_file() -> Path:
+    """The reduced network's config file, as ``m2det ... --config`` takes it."""
+    return SMALL_CONFIG_FILE
+
+
+@pytest.fixture(scope="session")
+def small_cfg():
+    """The reduced network's config, read from its file as the CLI reads it."""
+    from m2det_impl.network.config_file import resolve_config
+
+    return resolve_config(None, SMALL_CONFIG_FILE)
+
+
+@pytest.fixture(scope="session")
+def small_export(small_cfg) -> Callable[[Optional[int]], ExportRecord]:
+    """``small_export(batch)``: the reduced network, golden weights, as ONNX (None: dynamic).
+    The same cache entry ``m2det run --config SMALL_CONFIG_FILE`` exports into and reuses."""
+    records: Dict[Optional[int], ExportRecord] = {}
+
+    def get(batch: Optional[int]) -> ExportRecord:
+        if batch not in records:
+            records[batch] = cached_export(small_cfg, None, batch)
+        return records[batch]
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def reference_weights(pytestconfig) -> Optional[Path]:
     """The checkpoint the .om was built from (--weights), or None for golden weights."""
@@ -123,6 +155,23 @@ class RunStore:
 @pytest.fixture(scope="session")
 def run_store(pytestconfig) -> RunStore:
     return RunStore(pytestconfig.getoption("--save-outputs"), pytestconfig.getoption("--load-outputs"))
+
+
+@pytest.fixture(scope="session")
+def golden_torch_forward(request, tmp_path_factory, golden_batch) -> Tuple[np.ndarray, np.ndarray]:
+    """(scores, loc) of the golden M2Det512 in PyTorch on the three golden images (``model(batch)``
+    under ``no_grad``), computed once per test run (support.once_per_run): read by
+    tests/network/test_model.py and tests/backends/test_backends.py, whichever workers run them."""
+    from support import once_per_run
+
+    def compute() -> Tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.no_grad():
+            scores, loc = request.getfixturevalue("golden_model")(torch.from_numpy(golden_batch))
+        return scores.numpy(), loc.numpy()
+
+    return once_per_run(tmp_path_factory, "golden_torch_forward", compute)
 
 
 @pytest.fixture(scope="session")

@@ -165,10 +165,9 @@ def test_forward_rejects_wrong_input(golden_model):
 
 
 @pytest.fixture(scope="module")
-def torch_forward(golden_model, golden_batch):
-    with torch.no_grad():
-        scores, loc = golden_model(torch.from_numpy(golden_batch))
-    return scores.numpy(), loc.numpy()
+def torch_forward(golden_torch_forward):
+    """``golden_model(golden_batch)``, computed once per run (tests/conftest.py)."""
+    return golden_torch_forward
 
 
 def test_forward_output_contract(torch_forward):

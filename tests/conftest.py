@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -36,8 +36,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 # ------------------------------------------------------------------ export cache
 # One cache for the CLI and the suite: m2det_impl.backends.cache (keyed, file-locked).
-from m2det_impl.backends.cache import ExportRecord, cached_export  # noqa: E402
-from m2det_impl.network.model import weights_tag  # noqa: E402
+# Imported where used: importing them loads torch (2 s and more on a loaded 2-core machine), which every
+# pytest process would pay at start-up, the nested ones of tests/gating/test_known_failures.py included.
+if TYPE_CHECKING:
+    from m2det_impl.backends.cache import ExportRecord
+
+
+def cached_export(*args, **kwargs) -> "ExportRecord":
+    from m2det_impl.backends.cache import cached_export as export
+
+    return export(*args, **kwargs)
+
+
+def weights_tag(weights) -> str:
+    from m2det_impl.network.model import weights_tag as tag
+
+    return tag(weights)
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +63,38 @@ def golden_export(request, cfg512) -> Callable[[Optional[int]], ExportRecord]:
         if batch not in records:
             records[batch] = cached_export(cfg512, None, batch,
                                            model_factory=lambda: request.getfixturevalue("golden_model"))
+        return records[batch]
+
+    return get
+
+
+# ------------------------------------------------------------------ the reduced network
+from support import SMALL_CONFIG_FILE  # noqa: E402  the reduced network (docs/testing.md, "Suite time")
+
+
+@pytest.fixture(scope="session")
+def small_config_file() -> Path:
+    """The reduced network's config file, as ``m2det ... --config`` takes it."""
+    return SMALL_CONFIG_FILE
+
+
+@pytest.fixture(scope="session")
+def small_cfg():
+    """The reduced network's config, read from its file as the CLI reads it."""
+    from m2det_impl.network.config_file import resolve_config
+
+    return resolve_config(None, SMALL_CONFIG_FILE)
+
+
+@pytest.fixture(scope="session")
+def small_export(small_cfg) -> Callable[[Optional[int]], ExportRecord]:
+    """``small_export(batch)``: the reduced network, golden weights, as ONNX (None: dynamic).
+    The same cache entry ``m2det run --config SMALL_CONFIG_FILE`` exports into and reuses."""
+    records: Dict[Optional[int], ExportRecord] = {}
+
+    def get(batch: Optional[int]) -> ExportRecord:
+        if batch not in records:
+            records[batch] = cached_export(small_cfg, None, batch)
         return records[batch]
 
     return get
@@ -123,6 +169,23 @@ class RunStore:
 @pytest.fixture(scope="session")
 def run_store(pytestconfig) -> RunStore:
     return RunStore(pytestconfig.getoption("--save-outputs"), pytestconfig.getoption("--load-outputs"))
+
+
+@pytest.fixture(scope="session")
+def golden_torch_forward(request, tmp_path_factory, golden_batch) -> Tuple[np.ndarray, np.ndarray]:
+    """(scores, loc) of the golden M2Det512 in PyTorch on the three golden images (``model(batch)``
+    under ``no_grad``), computed once per test run (support.once_per_run): read by
+    tests/network/test_model.py and tests/backends/test_backends.py, whichever workers run them."""
+    from support import once_per_run
+
+    def compute() -> Tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.no_grad():
+            scores, loc = request.getfixturevalue("golden_model")(torch.from_numpy(golden_batch))
+        return scores.numpy(), loc.numpy()
+
+    return once_per_run(tmp_path_factory, "golden_torch_forward", compute)
 
 
 @pytest.fixture(scope="session")

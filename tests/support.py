@@ -18,6 +18,42 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+#: The reduced network the plumbing tests run (docs/testing.md, "Suite time"): M2Det at the
+#: 320 preset with 64 planes and 2 levels instead of 256 and 8, the same VGG16 backbone, TUMs,
+#: FFMs, heads and export code, golden weights; a config file as ``m2det --config`` reads.
+SMALL_CONFIG_FILE = Path(__file__).resolve().parents[1] / "fixtures" / "m2det320_small_vgg.py"
+
+
+def run_shared_dir(tmp_path_factory) -> Path:
+    """This test run's own temporary folder, shared by its pytest-xdist workers (each worker's
+    basetemp is a sub-folder of it): where what is computed once per run is kept."""
+    import os
+
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+def once_per_run(tmp_path_factory, name: str, compute):
+    """``compute()``, computed once per test run: the first pytest-xdist worker to ask computes it while
+    the others wait on a file lock, then read its pickle from the run's folder (session fixtures are per
+    worker, so without this each worker that gets one of the tests computes its own copy). A new run
+    computes afresh: nothing is kept between runs."""
+    import os
+    import pickle
+
+    from m2det_impl.backends.cache import file_lock
+
+    root = run_shared_dir(tmp_path_factory)
+    path = root / f"{name}.pickle"
+    with file_lock(root / f"{name}.lock"):
+        if not path.is_file():
+            value = compute()
+            partial = root / f"{name}.pickle.partial"
+            partial.write_bytes(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+            os.replace(partial, path)
+            return value
+    return pickle.loads(path.read_bytes())
+
 
 def _iou_with_priors(box: np.ndarray, priors_xyxy: np.ndarray) -> np.ndarray:
     ix1 = np.maximum(box[0], priors_xyxy[:, 0])

@@ -15,6 +15,7 @@ import subprocess
 
 import pytest
 from onnx import TensorProto, helper
+from support import decoder_sums
 
 from m2det_impl.backends.ascend.atc import (
     atc_census,
@@ -38,12 +39,17 @@ def test_atc_op_list_is_documented():
     assert not {"Loop", "Scan", "GridSample", "Einsum"} & support.ops
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_static_export_passes_the_atc_census(golden_export, batch):
-    report = atc_census(golden_export(batch).path)
+# M2Det512 at static batch 1 (what every deployment builds first) and the reduced network at batch 3 (a static
+# batch above 1 folded by the same exporter; support.SMALL_CONFIG_FILE), as tests/network/test_export.py holds them
+@pytest.mark.parametrize("model_name, batch, cfg_fixture", [pytest.param("golden", 1, "cfg512", id="512-static1"),
+                                                            pytest.param("small", 3, "small_cfg", id="small-static3")])
+def test_static_export_passes_the_atc_census(request, model_name, batch, cfg_fixture):
+    record = request.getfixturevalue(f"{model_name}_export")(batch)
+    cfg = request.getfixturevalue(cfg_fixture)
+    report = atc_census(record.path)
     assert report.ok, report.summary()
     # 8 TUMs x 5 decoder upsamplings + the up_reduce upsampling (reference section 2)
-    assert report.counts["Resize"] == 41
+    assert report.counts["Resize"] == decoder_sums(cfg) + 1 == (41 if model_name == "golden" else 11)
     assert report.counts["Softmax"] == 1
 
 

@@ -1,8 +1,11 @@
 """PyTorch and ONNX Runtime (CPU) on the golden weights and images.
 
 Each run is held to ``golden/forward_m2det512.npz`` and to PyTorch, at batch 1
-and batch 3, through the dynamic batch axis and through static exports (batch 1
-fed three images one by one; batch 3). Bounds come from fixtures/tolerances.json.
+and batch 3, through the dynamic batch axis and through the static batch-1
+export (fed three images one by one). A static batch above 1 (a folded graph
+whose every shape carries the batch, plus the padding of a partial batch) is
+held to PyTorch on the reduced network (support.SMALL_CONFIG_FILE), whose
+export comes from the same code. Bounds come from fixtures/tolerances.json.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from support import once_per_run
 
 from m2det_impl.backends import Backend
 from m2det_impl.backends.ort import OnnxRuntimeBackend
@@ -31,28 +35,56 @@ def tolerances() -> Tolerances:
 
 
 @pytest.fixture(scope="session")
-def torch_runs(golden_model, golden_images, run_store):
-    """PyTorch at batch 3 (all golden images) and batch 1 (image 0)."""
-    backend = TorchBackend(golden_model)
-    b3 = run_store.get("torch", golden_images, WEIGHTS, lambda: backend.infer(golden_images.batch))
-    b1 = dict(zip(("scores", "loc"), backend.infer(golden_images.batch[:1])))
-    return {"b3": b3, "b1": b1}
+def torch_runs(request, tmp_path_factory, golden_torch_forward, golden_images, run_store):
+    """PyTorch at batch 3 (all golden images: the network's forward, shared with
+    tests/network/test_model.py) and through the TorchBackend at batch 1 (image 0).
+    Each computed once per run (support.once_per_run), whichever workers run the tests."""
+    def b1():
+        return dict(zip(("scores", "loc"), TorchBackend(request.getfixturevalue("golden_model")).infer(
+            golden_images.batch[:1])))
+
+    b3 = run_store.get("torch", golden_images, WEIGHTS, lambda: golden_torch_forward)
+    return {"b3": b3, "b1": once_per_run(tmp_path_factory, "golden_torch_b1", b1)}
 
 
 @pytest.fixture(scope="session")
-def ort_runs(golden_export, golden_images, run_store):
-    """ONNX Runtime CPU: dynamic export at batch 3 and 1, static exports 1 and 3."""
-    runs = {}
-    with OnnxRuntimeBackend(golden_export(None).path) as dynamic:
-        assert dynamic.static_batch is None
-        runs["dynamic-b3"] = run_store.get("onnxruntime", golden_images, WEIGHTS,
-                                           lambda: dynamic.infer(golden_images.batch))
-        runs["dynamic-b1"] = dict(zip(("scores", "loc"), dynamic.infer(golden_images.batch[:1])))
-    for batch in (1, 3):
-        with OnnxRuntimeBackend(golden_export(batch).path) as static:
-            assert static.static_batch == batch and static.batch_sizes == (batch,)
-            runs[f"static{batch}-b3"] = dict(zip(("scores", "loc"), static.infer(golden_images.batch)))
-    return runs
+def ort_runs(tmp_path_factory, golden_export, golden_images, run_store):
+    """ONNX Runtime CPU: dynamic export at batch 3 and 1, static export 1 fed three images;
+    computed once per run (support.once_per_run), whichever workers run the tests."""
+    def compute():
+        runs = {}
+        with OnnxRuntimeBackend(golden_export(None).path) as dynamic:
+            assert dynamic.static_batch is None
+            runs["dynamic-b3"] = run_store.get("onnxruntime", golden_images, WEIGHTS,
+                                               lambda: dynamic.infer(golden_images.batch))
+            runs["dynamic-b1"] = dict(zip(("scores", "loc"), dynamic.infer(golden_images.batch[:1])))
+        with OnnxRuntimeBackend(golden_export(1).path) as static:
+            assert static.static_batch == 1 and static.batch_sizes == (1,)
+            runs["static1-b3"] = dict(zip(("scores", "loc"), static.infer(golden_images.batch)))
+        return runs
+
+    return once_per_run(tmp_path_factory, "golden_ort_runs", compute)
+
+
+@pytest.fixture(scope="session")
+def small_static_runs(tmp_path_factory, small_cfg, small_export):
+    """The reduced network on three bundled images: PyTorch at batch 3, ONNX Runtime through its
+    static batch-3 export at 3 images and at 2 (padded to the static batch, the padding dropped)."""
+    def compute():
+        from m2det_impl.network.model import load_model
+        from m2det_impl.pipeline.preprocess import load_and_preprocess
+        from m2det_impl.resources import MINI_COCO
+
+        files = sorted((MINI_COCO / "val2014").glob("*.jpg"))[:3]
+        batch = np.stack([load_and_preprocess(f, small_cfg)[0] for f in files])
+        torch_b3 = dict(zip(("scores", "loc"), TorchBackend(load_model(small_cfg, None, 0)).infer(batch)))
+        with OnnxRuntimeBackend(small_export(3).path) as static:
+            assert static.static_batch == 3 and static.batch_sizes == (3,)
+            b3 = dict(zip(("scores", "loc"), static.infer(batch)))
+            b2 = dict(zip(("scores", "loc"), static.infer(batch[:2])))
+        return {"torch": torch_b3, "static3-b3": b3, "static3-b2": b2, "ids": [f.stem for f in files]}
+
+    return once_per_run(tmp_path_factory, "small_static_runs", compute)
 
 
 def _golden_view(run, golden_forward, n):
@@ -70,7 +102,7 @@ def test_torch_matches_golden(torch_runs, golden_forward, golden_images, toleran
     tolerances.check("torch/golden", compare_runs(mine, gold, golden_images.ids[:n])).raise_if_failed()
 
 
-@pytest.mark.parametrize("run", ["dynamic-b3", "dynamic-b1", "static1-b3", "static3-b3"])
+@pytest.mark.parametrize("run", ["dynamic-b3", "dynamic-b1", "static1-b3"])
 def test_onnxruntime_matches_golden(ort_runs, golden_forward, golden_images, tolerances, run):
     outputs = ort_runs[run]
     n = outputs["loc"].shape[0]
@@ -78,14 +110,22 @@ def test_onnxruntime_matches_golden(ort_runs, golden_forward, golden_images, tol
     tolerances.check("onnxruntime/golden", compare_runs(mine, gold, golden_images.ids[:n])).raise_if_failed()
 
 
-@pytest.mark.parametrize("run,torch_run", [("dynamic-b3", "b3"), ("dynamic-b1", "b1"),
-                                           ("static1-b3", "b3"), ("static3-b3", "b3")])
+@pytest.mark.parametrize("run,torch_run", [("dynamic-b3", "b3"), ("dynamic-b1", "b1"), ("static1-b3", "b3")])
 def test_onnxruntime_matches_torch(ort_runs, torch_runs, golden_images, tolerances, run, torch_run):
     a, b = ort_runs[run], torch_runs[torch_run]
     n = a["loc"].shape[0]
     assert a["scores"].shape == (n, 32760, 81) and a["loc"].shape == (n, 32760, 4)
     assert a["scores"].dtype == np.float32 and a["loc"].dtype == np.float32
     tolerances.check("onnxruntime/torch", compare_runs(a, b, golden_images.ids[:n])).raise_if_failed()
+
+
+@pytest.mark.parametrize("run", ["static3-b3", "static3-b2"])
+def test_static_batch_3_export_matches_torch(small_static_runs, small_cfg, tolerances, run):
+    """A static batch above 1, full and padded, on the reduced network (module docstring)."""
+    a, n = small_static_runs[run], small_static_runs[run]["loc"].shape[0]
+    b = {k: v[:n] for k, v in small_static_runs["torch"].items()}
+    assert a["scores"].shape == (n, small_cfg.num_priors, 81) and a["loc"].shape == (n, small_cfg.num_priors, 4)
+    tolerances.check("onnxruntime/torch", compare_runs(a, b, small_static_runs["ids"][:n])).raise_if_failed()
 
 
 def test_torch_batch_1_matches_batch_3(torch_runs, golden_images, tolerances):

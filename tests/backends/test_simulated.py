@@ -27,11 +27,16 @@ def _longest_stall(call) -> float:
         while not stop.is_set():
             ticks.append(time.perf_counter())
 
+    def ticked_after(moment: float) -> None:  # the counter has run since ``moment`` (no fixed sleep)
+        deadline = time.monotonic() + 60
+        while not (ticks and ticks[-1] > moment) and time.monotonic() < deadline:
+            time.sleep(0.001)
+
     thread = threading.Thread(target=count)
     thread.start()
-    time.sleep(0.05)  # counting
+    ticked_after(time.perf_counter())  # counting
     call()
-    time.sleep(0.05)
+    ticked_after(time.perf_counter())  # a tick after the call, so its stall is closed
     stop.set()
     thread.join()
     return float(np.max(np.diff(ticks)))

@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from support import conv_layers, decoder_sums
+from support import conv_layers, decoder_sums, once_per_run
 
 from m2det_impl.cli import main
 from m2det_impl.cli.commands.compare import PRECISION_MODE_CHOICES
@@ -216,10 +216,11 @@ def test_compiled_metrics_equal_the_numpy_definition():
 
 # ------------------------------------------------------------------ the real model
 @pytest.fixture(scope="module")
-def golden_forecast(golden_export, golden_images, cfg512):
-    """force_fp16 forecast of golden image 0, every layer measured."""
-    return forecast_fp16(golden_export(None).path, golden_images.batch[:1], golden_images.sizes[:1], cfg512,
-                         image_ids=golden_images.ids[:1])
+def golden_forecast(tmp_path_factory, golden_export, golden_images, cfg512):
+    """force_fp16 forecast of golden image 0, every layer measured; once per run (support.once_per_run)."""
+    return once_per_run(tmp_path_factory, "golden_forecast", lambda: forecast_fp16(
+        golden_export(None).path, golden_images.batch[:1], golden_images.sizes[:1], cfg512,
+        image_ids=golden_images.ids[:1]))
 
 
 def test_golden_forecast_plan_and_layers(golden_forecast, golden_model, cfg512):
@@ -261,11 +262,14 @@ def test_golden_forecast_outputs_and_detections(golden_forecast):
 
 
 # ------------------------------------------------------------------ m2det compare
-def test_compare_emulate_cli_with_mixed_precision(tmp_path, golden_export, capsys):
-    onnx_path = golden_export(None).path
+def test_compare_emulate_cli_with_mixed_precision(tmp_path, small_export, small_config_file, capsys):
+    """The CLI's mixed-precision plumbing (--precision-mode, --keep-fp32 by name and by type, gray ops
+    following their input, the report) on the reduced network: its heads, Norm and Softmax are built by
+    the same code as M2Det512's; the forecast's figures on the real network are held above."""
+    onnx_path = small_export(None).path
     code = main(["compare", "--emulate", "fp16", "--precision-mode", "allow_mix_precision", "--keep-fp32",
                  "/conf.0/Conv", "--keep-fp32", "Softmax", "--no-layers", "--limit", "1", "--onnx", str(onnx_path),
-                 "--output", str(tmp_path), "--quiet"])
+                 "--config", str(small_config_file), "--output", str(tmp_path), "--quiet"])
     assert code == EXIT_OK
     data = json.loads((tmp_path / "compare.json").read_text())
     assert data["kind"] == "fp16-forecast" and data["plan"]["mode"] == "allow_mix_precision"

@@ -74,10 +74,12 @@ def test_a_bug_is_internal_never_bad_input(monkeypatch, capsys, bug):
 
 
 def test_interrupt_is_130_on_its_own_line(monkeypatch, capsys):
+    """Exit 130, the message on a line of its own; a command that does not resume says so (only run resumes:
+    tests/workflows/test_bad_inputs.py holds each command's wording)."""
     monkeypatch.setitem(commands.COMMANDS, "report", _raising(KeyboardInterrupt()))
     assert main(["report", "x"]) == EXIT_INTERRUPTED
     err = capsys.readouterr().err
-    assert err.startswith("\n") and "run the same command again to resume" in err
+    assert err.startswith("\n") and "m2det report: interrupted" in err and "starts over" in err
 
 
 def test_not_gated_is_four(tmp_path, capsys):

@@ -116,7 +116,7 @@ def test_checkpoint_wrong_shapes_are_named(tmp_path, golden_model, cfg512):
 
 
 @pytest.mark.parametrize("content, says", [
-    (b"", "not a readable PyTorch checkpoint"),
+    (b"", "not a PyTorch checkpoint: the file is empty"),
     (b"not a checkpoint", "not a PyTorch checkpoint: neither a zip archive (torch.save) nor a pickle; it starts "
                           "with bytes 6e 6f 74 20 61 20 63 68 ('not a ch')"),
     (b"PK\x03\x04garbage", "not a readable PyTorch checkpoint"),

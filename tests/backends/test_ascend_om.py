@@ -38,6 +38,7 @@ import types
 
 import numpy as np
 import pytest
+from fake_ascend import _DType
 
 from m2det_impl.backends.ascend import OmBackend, map_om_outputs
 from m2det_impl.errors import BackendUnavailableError, InputFileError, ModelOutputError, UsageError
@@ -48,23 +49,7 @@ P, C, S = 6, 5, 4  # tiny model: 6 priors, 5 classes, 4x4 input
 EXEC_MS = 7.25  # what the fake device "takes" per execute
 
 
-class DType:
-    """A pybind11 enum value of ``aclruntime.dtype``: ``str`` gives ``dtype.<name>``."""
-
-    _values = {"float32": 0, "float16": 1, "int8": 2, "int32": 3, "uint8": 4, "int16": 6, "uint16": 7,
-               "uint32": 8, "int64": 9, "uint64": 10, "double": 11, "bool": 12}
-
-    def __init__(self, name):
-        self.name, self.value = name, self._values[name]
-
-    def __str__(self):
-        return f"dtype.{self.name}"
-
-    def __repr__(self):
-        return f"<dtype.{self.name}: {self.value}>"
-
-    def __int__(self):
-        return self.value
+DType = _DType  # the one fake of aclruntime's dtype enum (tests/backends/fake_ascend.py)
 
 
 class Meta:

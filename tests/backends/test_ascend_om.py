@@ -162,7 +162,7 @@ def fake_aclruntime(model: FakeModel) -> types.ModuleType:
     mod.sumary = sumary
     mod.Tensor = Tensor
     mod.InferenceSession = InferenceSession
-    mod.dtype = types.SimpleNamespace(**{n: DType(n) for n in DType._values})
+    mod.dtype = types.SimpleNamespace(**{n: DType(n) for n in DType.VALUES})
     return mod
 
 

@@ -89,6 +89,11 @@ class ModelSpec:
             return {"kind": "golden"}
         return {"kind": "checkpoint", "path": str(Path(self.weights).resolve()), "sha256": sha256_file(self.weights)}
 
+    def golden_numbers(self, record: Dict[str, object]) -> bool:
+        """Whether golden weights produced the numbers that ``record`` (:meth:`weights_record`) describes: none
+        given, or a cached export made from them (what the run summary's ``golden_weights`` says)."""
+        return self.golden or str(record.get("exported_from", "")).startswith("golden")
+
     def preflight(self, cfg: Optional["M2DetConfig"] = None) -> None:
         """Fail in the first second on what would otherwise fail after hours (with ``cfg``:
         a model file of another input size too)."""

@@ -36,19 +36,20 @@ def _merge_hint_options(annotations, dataset) -> str:
     bundled set's) and the --limit the shards ran with."""
     if annotations is None:
         return ""
+    from m2det_impl.pipeline.dataset import annotation_images
     from m2det_impl.resources import BUNDLED, MINI_COCO_ANNOTATIONS
 
     bundled = Path(annotations).resolve() == MINI_COCO_ANNOTATIONS.resolve()
     text = f" --annotations {BUNDLED if bundled else annotations}"
-    from m2det_impl.pipeline.dataset import annotation_images
-
     ran = len(dataset.records)  # --limit N runs the first N images by id, as merge --limit N expects
     return text + (f" --limit {ran}" if ran < len(annotation_images(annotations)) else "")
 
 
 def _earlier_speed(path, identity) -> Optional[dict]:
     """The speed an earlier run of the same identity recorded in ``path`` (its summary.json), if any."""
-    from m2det_impl._io import read_json_object
+    import json
+
+    from m2det_impl._io import read_json_object, to_jsonable
     from m2det_impl.errors import InputFileError
 
     if not path.is_file():
@@ -58,12 +59,8 @@ def _earlier_speed(path, identity) -> Optional[dict]:
     except InputFileError:
         return None
     speed = summary.get("images_per_second")
-    import json
-
-    from m2det_impl._io import to_jsonable
-
-    if summary.get("identity") != json.loads(json.dumps(identity, default=to_jsonable)) or not isinstance(speed, (int, float)) or isinstance(speed, bool) \
-            or speed <= 0:
+    same_run = summary.get("identity") == json.loads(json.dumps(identity, default=to_jsonable))  # as written
+    if not same_run or not isinstance(speed, (int, float)) or isinstance(speed, bool) or speed <= 0:
         return None
     return {"images_per_second": float(speed),
             "images_per_second_from": _earlier_source(summary.get("images_per_second_from"))}
@@ -140,11 +137,6 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
         raise
 
 
-def _golden(model, record: dict) -> bool:
-    """Golden weights: none given, or a cached ONNX export made from them."""
-    return model.golden or str(record.get("exported_from", "")).startswith("golden")
-
-
 def _discard_if_unused(out: Path, created: bool) -> None:
     """After a failure: header-only journals (no image finished) go, and the folder too when this
     run created it and nothing else is left in it, so a failed command leaves nothing empty behind."""
@@ -216,7 +208,7 @@ def _run_in(out, dataset, records, annotations, cfg, model, parsed, shard, *, ba
     weights = model.weights_record()
     summary = score_results(annotations, outcome.results, outcome.image_ids, out / "summary.json",
                             extra={"identity": identity, "batch_size": batch_size, "skipped": outcome.skipped,
-                                   "golden_weights": _golden(model, weights), "weights": weights,
+                                   "golden_weights": model.golden_numbers(weights), "weights": weights,
                                    **_speed(outcome, earlier)})
     if report:
         from m2det_impl.gating.report import write_run_report
@@ -263,9 +255,10 @@ def _run_on_devices(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: P
         logger.log(RESULT, "not scored: these images have no annotations (give --annotations or --coco-root for an AP)")
         return EXIT_OK
     identity = model.identity(cfg)
+    weights = model.weights_record()
     summary = score_results(dataset.annotations, merged, image_ids, out / "summary.json",
                             extra={"identity": identity, "batch_size": batch_size, "skipped": skipped,
-                                   "golden_weights": model.golden, "weights": model.weights_record(),
+                                   "golden_weights": model.golden_numbers(weights), "weights": weights,
                                    "devices": list(devices),
                                    "shards": [d["shard_file"] for d in done]})
     if report:

@@ -35,7 +35,7 @@ __all__ = [
     "atomic_write_json",
     "to_jsonable",
     "atomic_output",
-    "atomic_copy",
+    "atomic_link_or_copy",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -108,11 +108,19 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
-def atomic_copy(source: PathLike, target: PathLike) -> Path:
-    """Copy ``source`` to ``target`` atomically (a reader never sees half a 530 MB model); returns the target."""
+def atomic_link_or_copy(source: PathLike, target: PathLike) -> bool:
+    """Put ``source``'s bytes at ``target`` atomically (a reader never sees half a model): as a
+    hard link where the file system allows one, so a 530 MB model handed out of the cache costs no
+    second copy on disk, else as a copy; returns whether it linked. Whoever links must notice a
+    later write through the link: the model cache records each file's size and modification time."""
     with atomic_output(target) as tmp:
-        shutil.copyfile(source, tmp)
-    return Path(target)
+        try:
+            os.link(source, tmp)
+            linked = True
+        except OSError:  # another file system, or one without hard links
+            shutil.copyfile(source, tmp)
+            linked = False
+    return linked
 
 
 def _write_error(target: Path, exc: OSError) -> OutputFileError:

@@ -49,7 +49,7 @@ def cached_export(*args, **kwargs) -> "ExportRecord":
 
 
 def weights_tag(weights) -> str:
-    from m2det_impl.network.model import weights_tag as tag
+    from m2det_impl.network.weights_identity import weights_tag as tag
 
     return tag(weights)
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from m2det_impl._io import PathLike, atomic_write_json
 from m2det_impl.logs import get_logger
 from m2det_impl.network.config import M2DetConfig
-from m2det_impl.network.model import load_model, weights_tag
+from m2det_impl.network.weights_identity import weights_tag
 
 __all__ = [
     "cache_dir",
@@ -95,13 +95,17 @@ def key_of(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def cached_file(kind: str, parts: Mapping[str, Any], filename: str, build: Callable[[Path], Mapping[str, Any]], announce: str = "") -> CachedFile:
+def cached_file(kind: str, parts: Mapping[str, Any], filename: str, build: Callable[[Path], Mapping[str, Any]]) -> CachedFile:
     """The file ``filename`` of the cache entry for ``parts`` under ``kind``
     (``onnx``, ``int8``), built by ``build(path)`` at most once across processes.
 
     ``build`` writes the file and returns extra facts to record. The entry is
     described (``entry.json``) only after the file is complete, so a build that
-    dies half way is redone, never reused.
+    dies half way is redone, never reused. A build that fails (a checkpoint
+    rejected, an exporter error) leaves no folder behind: the user's cache holds
+    finished entries only. An entry whose file changed on disk since it was
+    described (its size or modification time differ: someone wrote to a file
+    linked from it) is rebuilt, never reused.
     """
     root = cache_dir() / kind
     folder = root / key_of(parts)
@@ -110,17 +114,44 @@ def cached_file(kind: str, parts: Mapping[str, Any], filename: str, build: Calla
     with file_lock(folder / ".lock"):
         if meta.is_file() and path.is_file():
             info = json.loads(meta.read_text())
-            os.utime(meta)  # last use, for pruning
-            return CachedFile(path, float(info["seconds"]), path.stat().st_size, True, info)
-        if announce:
-            logger.info(announce.format(folder=folder))
+            if _unchanged(path, info):
+                os.utime(meta)  # last use, for pruning
+                return CachedFile(path, float(info["seconds"]), path.stat().st_size, True, info)
+            logger.warning(f"{path}: changed on disk since it was cached; building it again")
+            meta.unlink()
+            path.unlink()  # the build writes a new file: the changed one stays with whoever holds a link to it
         start = time.perf_counter()
-        extra = dict(build(path) or {})
+        try:
+            extra = dict(build(path) or {})
+        except BaseException:
+            _remove_unfinished(folder, filename)
+            raise
         seconds = time.perf_counter() - start
-        info = {**parts, **extra, "seconds": seconds, "bytes": path.stat().st_size}
+        stat = path.stat()
+        info = {**parts, **extra, "seconds": seconds, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         atomic_write_json(meta, info, indent=1)
     prune(root, folder)
     return CachedFile(path, seconds, path.stat().st_size, False, info)
+
+
+def _unchanged(path: Path, info: Mapping[str, Any]) -> bool:
+    """Whether ``path`` still has the size and modification time its entry recorded (entries
+    written before the time was recorded are checked by size alone)."""
+    stat = path.stat()
+    if stat.st_size != info.get("bytes", stat.st_size):
+        return False
+    return "mtime_ns" not in info or int(info["mtime_ns"]) == stat.st_mtime_ns
+
+
+def _remove_unfinished(folder: Path, filename: str) -> None:
+    """After a failed build: the half-written file, then the folder if only its lock is left
+    (a process waiting on that lock builds again into a folder it re-creates)."""
+    with contextlib.suppress(OSError):
+        (folder / filename).unlink()
+    with contextlib.suppress(OSError):
+        if [p.name for p in folder.iterdir()] == [".lock"]:
+            (folder / ".lock").unlink()
+            folder.rmdir()
 
 
 def _source_digest() -> str:
@@ -175,16 +206,18 @@ def cached_export(cfg: M2DetConfig, weights: Optional[PathLike] = None, batch: O
     :func:`load_model`), so a caller holding the model already can lend it.
     """
     from m2det_impl.network.export import export_onnx
+    from m2det_impl.network.model import load_model
 
     _, parts = export_key(cfg, weights_tag(weights, salt), batch, opset)
 
     def build(path: Path) -> Dict[str, Any]:
         model = model_factory() if model_factory is not None else load_model(cfg, weights, salt)
+        # announced once the weights loaded: a rejected checkpoint says only what is wrong with it
+        logger.info(f"exporting ONNX once into {path.parent} (about 15 s and 530 MB; cached for later runs)")
         export_onnx(model, path, cfg, batch=batch, opset=opset)
         return {}
 
-    record = cached_file("onnx", parts, f"m2det{cfg.size}_{parts['batch']}.onnx", build,
-                         announce="exporting ONNX once into {folder} (about 15 s and 530 MB; cached for later runs)")
+    record = cached_file("onnx", parts, f"m2det{cfg.size}_{parts['batch']}.onnx", build)
     if not record.reused:
         logger.info(f"exported in {record.seconds:.1f} s: {record.path}")
     return record

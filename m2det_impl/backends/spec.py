@@ -109,7 +109,7 @@ class ModelSpec:
 
     def identity(self, cfg: "M2DetConfig") -> Dict[str, object]:
         """What decides a run's numbers, recorded with its results (a resumed run must match it)."""
-        from m2det_impl.network.model import weights_tag  # torch: imported when a run is set up, not with the package
+        from m2det_impl.network.weights_identity import weights_tag
 
         model = self.om or self.onnx
         ident: Dict[str, object] = {

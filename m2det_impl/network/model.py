@@ -9,7 +9,6 @@ the order the Ascend post-processing expects.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import warnings
@@ -28,13 +27,14 @@ from m2det_impl.errors import CheckpointError
 from m2det_impl.network.config import M2DetConfig
 
 __all__ = [
-    "weights_tag",
     "load_model",
     "BasicConv",
     "TUM",
     "M2Det",
     "build_model",
     "load_checkpoint",
+    "read_checkpoint",
+    "load_state",
     "golden_fill_",
 ]
 
@@ -261,11 +261,18 @@ def _summarise(names: Sequence[str], limit: int = 8) -> str:
 
 
 def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
-    """Load an ``m2det512_vgg.pth``-style checkpoint strictly into ``model``.
+    """Load an ``m2det512_vgg.pth``-style checkpoint strictly into ``model``
+    (:func:`read_checkpoint`, then :func:`load_state`)."""
+    return load_state(model, read_checkpoint(path), path)
+
+
+def read_checkpoint(path: Union[str, Path]) -> "OrderedDict[str, torch.Tensor]":
+    """The state dict of an ``m2det512_vgg.pth``-style checkpoint, or a :class:`CheckpointError`
+    saying what the file is instead.
 
     Strips a ``module.`` prefix (DataParallel). Loads with ``weights_only=True``
-    so a file carrying pickled code is refused rather than executed. Missing or
-    unexpected keys and wrong shapes raise :class:`CheckpointError` naming them.
+    so a file carrying pickled code is refused rather than executed. Needs no
+    model, so a bad file is refused before seconds go into building one.
     """
     path = Path(path)
     if not path.is_file():
@@ -293,7 +300,13 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path]) -> nn.Module:
             raise CheckpointError(path, f"not a PyTorch checkpoint: {found}") from None
         raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(exc).__name__}: "
                                     f"{_first_line(exc)})") from None
-    state = _strip_module_prefix(_extract_state_dict(obj, path))
+    return _strip_module_prefix(_extract_state_dict(obj, path))
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Union[str, Path]) -> nn.Module:
+    """Load a checkpoint's ``state`` (read from ``path``) strictly into ``model``: missing or
+    unexpected keys and wrong shapes raise :class:`CheckpointError` naming them."""
+    path = Path(path)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -350,20 +363,10 @@ def golden_fill_(model: nn.Module, salt: int = 0) -> nn.Module:
     return model
 
 
-def weights_tag(weights: Optional[PathLike], salt: int = 0) -> str:
-    """A short identity of the weights: ``golden<salt>`` for golden weights, or
-    ``ckpt-<digest>`` of a file's resolved path, size and modification time
-    (hashing 530 MB on every run would cost more than the lookup saves)."""
-    if weights is None:
-        return f"golden{salt}"
-    path = Path(weights).resolve()
-    stat = path.stat()
-    return "ckpt-" + hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-
-
 def load_model(cfg: M2DetConfig, weights: Optional[PathLike] = None, salt: int = 0):
-    """The network with ``weights`` loaded, or golden weights when none are given."""
-    model = build_model(cfg)
+    """The network with ``weights`` loaded, or golden weights when none are given. The
+    checkpoint is read before the network is built, so a bad file fails at once."""
     if weights is None:
-        return golden_fill_(model, salt=salt)
-    return load_checkpoint(model, weights)
+        return golden_fill_(build_model(cfg), salt=salt)
+    state = read_checkpoint(weights)
+    return load_state(build_model(cfg), state, weights)

@@ -37,7 +37,8 @@ def evaluate_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetConfig,
     Images the info file or the ais summary beside the outputs list but that have no outputs, and
     (with ``skip_bad``) images whose outputs are unreadable, are not scored: named, counted as
     misses, recorded in the summary's ``skipped``. ``min_ap`` fails over such a partial folder
-    (exit 1, naming them) unless ``allow_partial``, which the summary records."""
+    (exit 1, naming them), and over a folder that nothing lists the inputs of (its completeness
+    cannot be known), unless ``allow_partial``, which the summary records."""
     from m2det_impl.pipeline.evaluate import name_some, results_from_outputs, score_results
 
     results, summary = ensure_output_file(results), ensure_output_file(summary)  # before any work
@@ -52,6 +53,11 @@ def evaluate_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetConfig,
                                 "listed": scored.listed, "listed_by": scored.listed_by,
                                 "allow_partial": allow_partial, "outputs": str(outputs)})
     code = announce_and_gate(data, summary, min_ap)
+    if min_ap is not None and not scored.listed_by and not allow_partial:
+        logger.error(f"GATE FAILED: nothing lists the inputs of {outputs} (no --image-info, no ais summary "
+                     f"beside it), so whether every image has outputs cannot be checked; pass --image-info "
+                     f"NAME_jpg.info, or --allow-partial to gate the {scored.outputs_read} image(s) present")
+        return EXIT_GATE_FAILED
     if scored.skipped:
         message = (f"{len(scored.skipped)} image(s) not scored (no or unreadable outputs): "
                    f"{name_some(list(scored.skipped))}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from m2det_impl._io import PathLike, atomic_copy, ensure_output_folder
+from m2det_impl._io import PathLike, atomic_link_or_copy, ensure_output_folder
 from m2det_impl.backends.registry import runtimes
 from m2det_impl.backends.spec import ModelSpec, warn_golden
 from m2det_impl.errors import CheckpointError, InputFileError, UsageError
@@ -65,12 +65,13 @@ def export(cfg: M2DetConfig, out_dir: PathLike, *, weights: Optional[PathLike] =
     for batch in list(batches) or [None]:
         path = out_dir / (f"m2det{cfg.size}" + ("" if batch is None else f"_bs{batch}") + ".onnx")
         record = cached_export(cfg, weights, batch, opset, model_factory=model)
-        atomic_copy(record.path, path)
+        linked = atomic_link_or_copy(record.path, path)
         files[batch] = path
         kind = "dynamic batch" if batch is None else f"static batch {batch}"
         how = "from the export cache" if record.reused else "exported"
-        logger.log(RESULT, f"{path}: {kind}, {path.stat().st_size / 1e6:.1f} MB ({how}; the export took "
-                           f"{record.seconds:.1f} s)")
+        share = "a hard link to the cached file: one copy on disk" if linked else "a copy of the cached file"
+        logger.log(RESULT, f"{path}: {kind}, {path.stat().st_size / 1e6:.1f} MB ({how}, {share}; the export "
+                           f"took {record.seconds:.1f} s)")
     for entry in runtimes().values():  # each runtime's build step beside the ONNX files (atc's census and script)
         if entry.after_export is not None:
             for line in entry.after_export(files, out_dir, soc_version=soc_version, size=cfg.size,

@@ -2,10 +2,11 @@
 
 Each run is held to ``golden/forward_m2det512.npz`` and to PyTorch, at batch 1
 and batch 3, through the dynamic batch axis and through the static batch-1
-export (fed three images one by one). A static batch above 1 (a folded graph
-whose every shape carries the batch, plus the padding of a partial batch) is
-held to PyTorch on the reduced network (support.SMALL_CONFIG_FILE), whose
-export comes from the same code. Bounds come from fixtures/tolerances.json.
+export (on image 0). A static batch above 1 (a folded graph whose every shape
+carries the batch, the padding of a partial batch, and more images than the
+batch, fed in chunks) is held to PyTorch on the reduced network
+(support.SMALL_CONFIG_FILE), whose export comes from the same code. Bounds
+come from fixtures/tolerances.json.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def torch_runs(request, tmp_path_factory, golden_torch_forward, golden_images, r
 
 @pytest.fixture(scope="session")
 def ort_runs(tmp_path_factory, golden_export, golden_images, run_store):
-    """ONNX Runtime CPU: dynamic export at batch 3 and 1, static export 1 fed three images;
+    """ONNX Runtime CPU: dynamic export at batch 3 and 1, static export 1 on image 0 (feeding a
+    static model more images than its batch is held on the reduced network: ``small_static_runs``);
     computed once per run (support.once_per_run), whichever workers run the tests."""
     def compute():
         runs = {}
@@ -60,7 +62,7 @@ def ort_runs(tmp_path_factory, golden_export, golden_images, run_store):
             runs["dynamic-b1"] = dict(zip(("scores", "loc"), dynamic.infer(golden_images.batch[:1])))
         with OnnxRuntimeBackend(golden_export(1).path) as static:
             assert static.static_batch == 1 and static.batch_sizes == (1,)
-            runs["static1-b3"] = dict(zip(("scores", "loc"), static.infer(golden_images.batch)))
+            runs["static1-b1"] = dict(zip(("scores", "loc"), static.infer(golden_images.batch[:1])))
         return runs
 
     return once_per_run(tmp_path_factory, "golden_ort_runs", compute)
@@ -68,21 +70,21 @@ def ort_runs(tmp_path_factory, golden_export, golden_images, run_store):
 
 @pytest.fixture(scope="session")
 def small_static_runs(tmp_path_factory, small_cfg, small_export):
-    """The reduced network on three bundled images: PyTorch at batch 3, ONNX Runtime through its
-    static batch-3 export at 3 images and at 2 (padded to the static batch, the padding dropped)."""
+    """The reduced network on bundled images: PyTorch on four, ONNX Runtime through its static
+    batch-3 export at 3 images, at 2 (padded to the static batch, the padding dropped) and at 4
+    (a full call, then one padded: more images than the model's batch)."""
     def compute():
         from m2det_impl.network.model import load_model
         from m2det_impl.pipeline.preprocess import load_and_preprocess
         from m2det_impl.resources import MINI_COCO
 
-        files = sorted((MINI_COCO / "val2014").glob("*.jpg"))[:3]
+        files = sorted((MINI_COCO / "val2014").glob("*.jpg"))[:4]
         batch = np.stack([load_and_preprocess(f, small_cfg)[0] for f in files])
-        torch_b3 = dict(zip(("scores", "loc"), TorchBackend(load_model(small_cfg, None, 0)).infer(batch)))
+        torch_b4 = dict(zip(("scores", "loc"), TorchBackend(load_model(small_cfg, None, 0)).infer(batch)))
         with OnnxRuntimeBackend(small_export(3).path) as static:
             assert static.static_batch == 3 and static.batch_sizes == (3,)
-            b3 = dict(zip(("scores", "loc"), static.infer(batch)))
-            b2 = dict(zip(("scores", "loc"), static.infer(batch[:2])))
-        return {"torch": torch_b3, "static3-b3": b3, "static3-b2": b2, "ids": [f.stem for f in files]}
+            runs = {f"static3-b{n}": dict(zip(("scores", "loc"), static.infer(batch[:n]))) for n in (3, 2, 4)}
+        return {"torch": torch_b4, **runs, "ids": [f.stem for f in files]}
 
     return once_per_run(tmp_path_factory, "small_static_runs", compute)
 
@@ -102,7 +104,7 @@ def test_torch_matches_golden(torch_runs, golden_forward, golden_images, toleran
     tolerances.check("torch/golden", compare_runs(mine, gold, golden_images.ids[:n])).raise_if_failed()
 
 
-@pytest.mark.parametrize("run", ["dynamic-b3", "dynamic-b1", "static1-b3"])
+@pytest.mark.parametrize("run", ["dynamic-b3", "dynamic-b1", "static1-b1"])
 def test_onnxruntime_matches_golden(ort_runs, golden_forward, golden_images, tolerances, run):
     outputs = ort_runs[run]
     n = outputs["loc"].shape[0]
@@ -110,7 +112,7 @@ def test_onnxruntime_matches_golden(ort_runs, golden_forward, golden_images, tol
     tolerances.check("onnxruntime/golden", compare_runs(mine, gold, golden_images.ids[:n])).raise_if_failed()
 
 
-@pytest.mark.parametrize("run,torch_run", [("dynamic-b3", "b3"), ("dynamic-b1", "b1"), ("static1-b3", "b3")])
+@pytest.mark.parametrize("run,torch_run", [("dynamic-b3", "b3"), ("dynamic-b1", "b1"), ("static1-b1", "b1")])
 def test_onnxruntime_matches_torch(ort_runs, torch_runs, golden_images, tolerances, run, torch_run):
     a, b = ort_runs[run], torch_runs[torch_run]
     n = a["loc"].shape[0]
@@ -119,9 +121,10 @@ def test_onnxruntime_matches_torch(ort_runs, torch_runs, golden_images, toleranc
     tolerances.check("onnxruntime/torch", compare_runs(a, b, golden_images.ids[:n])).raise_if_failed()
 
 
-@pytest.mark.parametrize("run", ["static3-b3", "static3-b2"])
+@pytest.mark.parametrize("run", ["static3-b3", "static3-b2", "static3-b4"])
 def test_static_batch_3_export_matches_torch(small_static_runs, small_cfg, tolerances, run):
-    """A static batch above 1, full and padded, on the reduced network (module docstring)."""
+    """A static batch above 1, full, padded, and fed more images than its batch, on the reduced
+    network (module docstring)."""
     a, n = small_static_runs[run], small_static_runs[run]["loc"].shape[0]
     b = {k: v[:n] for k, v in small_static_runs["torch"].items()}
     assert a["scores"].shape == (n, small_cfg.num_priors, 81) and a["loc"].shape == (n, small_cfg.num_priors, 4)

@@ -249,7 +249,7 @@ def test_int8_ap_within_one_point_of_float32(weights_path, coco_root, cfg512, re
     the one tests/hardware/test_accuracy.py keeps, so either test reuses the other's."""
     from m2det_impl.backends.cache import cached_onnx
     from m2det_impl.backends.ort import OnnxRuntimeBackend
-    from m2det_impl.network.model import weights_tag
+    from m2det_impl.network.weights_identity import weights_tag
     from m2det_impl.pipeline.coco import category_ids, evaluate, load_annotations
     from m2det_impl.pipeline.dataset import coco_records, find_annotation_file
     from m2det_impl.pipeline.journal import PartialStore

@@ -50,7 +50,11 @@ def _evaluate(tmp_path, outputs, *extra):
 
 
 def test_evaluate_ais_layout_scores_ground_truth_perfectly(tmp_path, ais_layout, capsys):
-    assert _evaluate(tmp_path, ais_layout, "--min-ap", "0.99") == EXIT_OK
+    from m2det_impl.pipeline.preprocess import write_jpg_info
+
+    info = write_jpg_info(MINI / "val2014", tmp_path / "m2det_jpg.info", workers=1)  # what lists the inputs
+    assert len(info) == 24
+    assert _evaluate(tmp_path, ais_layout, "--min-ap", "0.99", "--image-info", str(tmp_path / "m2det_jpg.info")) == EXIT_OK
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["ap"] >= 0.99 and len(summary["stats"]) == 12 and summary["num_images"] == 24
     results = json.loads((tmp_path / "r.json").read_text())
@@ -127,8 +131,9 @@ def test_missing_output_file_names_the_missing_kind(tmp_path, ais_layout, capsys
     assert str(victim.with_name(f"{stem}_1.bin")) in err and "--skip-bad" in err
 
 
-def test_min_ap_gate_fails_with_exit_1(tmp_path, ais_layout):
-    assert _evaluate(tmp_path, ais_layout, "--min-ap", "1.01") == EXIT_GATE
+def test_min_ap_gate_fails_with_exit_1(tmp_path, ais_layout, capsys):
+    assert _evaluate(tmp_path, ais_layout, "--min-ap", "1.01", "--allow-partial") == EXIT_GATE
+    assert "gate FAILED: AP 1.0000 < 1.01" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -67,7 +67,7 @@ def test_om_ap_meets_published(om_paths, npu_runtime, device_id, coco_root):
 def test_onnxruntime_ap_meets_published(weights_path, coco_root, pytestconfig):
     from m2det_impl.backends.cache import cached_onnx
     from m2det_impl.backends.ort import OnnxRuntimeBackend
-    from m2det_impl.network.model import weights_tag
+    from m2det_impl.network.weights_identity import weights_tag
 
     cfg = get_config(512)
     onnx_path = cached_onnx(cfg, weights_path)

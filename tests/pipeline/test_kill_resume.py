@@ -44,7 +44,7 @@ LIMIT = 5
 CI_SEEDS = {2: "threads", 3: "processes"}  # one early and one late kill schedule; seed -> where the host work runs
 SLOW_SEEDS = (0, 1, 4, 5, 6, 7, 8, 9, 10, 11, 12)
 RUN_TIMEOUT_S = 600
-SIM_MS_PER_IMAGE = 600  # an image on ONNX Runtime here takes about 3 s: the schedules' delays are scaled to it
+SIM_MS_PER_IMAGE = 250  # an image on ONNX Runtime here takes about 3 s: the schedules' delays are scaled to it
 
 
 def _command(model: List[str], out: Path, batch: int) -> List[str]:

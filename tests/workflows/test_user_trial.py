@@ -315,3 +315,74 @@ def test_cache_lists_and_cleans_entries(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "cache" / "onnx" / "old").exists() and (tmp_path / "cache" / "onnx" / "new").exists()
     assert main(["cache", "--clean"]) == EXIT_OK
     assert not (tmp_path / "cache" / "onnx" / "new").exists()
+
+
+def test_a_rejected_checkpoint_leaves_no_cache_folder_and_announces_no_export(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("M2DET_CACHE_DIR", str(tmp_path / "cache"))  # never the real cache
+    bad = tmp_path / "random.pth"
+    bad.write_bytes(b"random bytes, not a checkpoint")
+    assert main(["export", "--weights", str(bad), "--output", str(tmp_path / "models")]) == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    _one_error_line(captured, bad)
+    assert "exporting" not in captured.out + captured.err
+    onnx_entries = tmp_path / "cache" / "onnx"
+    assert not onnx_entries.exists() or not any(onnx_entries.iterdir()), list(onnx_entries.rglob("*"))
+
+
+def test_a_failed_build_removes_its_entry_and_a_waiting_builder_still_builds(tmp_path, monkeypatch):
+    from m2det_impl.backends.cache import cached_file
+
+    monkeypatch.setenv("M2DET_CACHE_DIR", str(tmp_path / "cache"))
+
+    def broken(path):
+        path.write_bytes(b"half")
+        raise RuntimeError("the exporter broke")
+
+    with pytest.raises(RuntimeError):
+        cached_file("onnx", {"k": 1}, "model.onnx", broken)
+    assert not any((tmp_path / "cache" / "onnx").iterdir())
+    record = cached_file("onnx", {"k": 1}, "model.onnx", lambda path: path.write_bytes(b"whole") and None)
+    assert record.path.read_bytes() == b"whole" and not record.reused
+
+
+def test_a_model_handed_out_of_the_cache_is_one_copy_and_a_write_through_it_rebuilds(tmp_path, monkeypatch,
+                                                                                      caplog):
+    import os
+
+    from m2det_impl._io import atomic_link_or_copy
+    from m2det_impl.backends.cache import cached_file
+
+    monkeypatch.setenv("M2DET_CACHE_DIR", str(tmp_path / "cache"))
+    builds = []
+
+    def build(path):
+        builds.append(path)
+        path.write_bytes(b"model bytes")
+
+    record = cached_file("onnx", {"k": 2}, "model.onnx", build)
+    handed = tmp_path / "models" / "model.onnx"
+    handed.parent.mkdir()
+    assert atomic_link_or_copy(record.path, handed) is True  # same file system: a hard link
+    assert os.path.samefile(handed, record.path) and handed.stat().st_nlink == 2
+    assert atomic_link_or_copy(record.path, handed) is True and sorted(p.name for p in handed.parent.iterdir()) == [
+        "model.onnx"]  # handed out again over itself: no stray temporary file
+    assert cached_file("onnx", {"k": 2}, "model.onnx", build).reused and len(builds) == 1
+    with open(handed, "r+b") as f:  # the user edits the file in place (as onnx.save over it would)
+        f.write(b"MODEL")
+    os.utime(handed, ns=(record.path.stat().st_atime_ns, record.path.stat().st_mtime_ns + 10**9))
+    again = cached_file("onnx", {"k": 2}, "model.onnx", build)
+    assert not again.reused and len(builds) == 2 and again.path.read_bytes() == b"model bytes"
+    assert "changed on disk since it was cached" in caplog.text
+    assert handed.read_bytes() == b"MODEL bytes"  # the user's file is theirs: the rebuild replaced the cache's
+
+
+def test_a_gate_over_a_folder_nothing_lists_fails_unless_partial_is_allowed(tmp_path, ais_outputs, capsys):
+    out, folder, stems, annotations = ais_outputs
+    for summary in out.glob("*_summary.json"):
+        summary.unlink()  # no ais summary, and no --image-info: nothing says which images were run
+    assert _evaluate(tmp_path, out, annotations, "--min-ap", "0.0") == EXIT_GATE_FAILED
+    err = capsys.readouterr().err
+    assert "nothing lists the inputs" in err and "--image-info" in err and "3 image(s) present" in err
+    assert _evaluate(tmp_path, out, annotations, "--min-ap", "0.0", "--allow-partial") == EXIT_OK
+    assert json.loads((tmp_path / "summary.json").read_text())["allow_partial"] is True
+    assert _evaluate(tmp_path, out, annotations) == EXIT_OK  # no gate asked for: scored as it is

@@ -36,12 +36,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from m2det_impl._io import PathLike, atomic_copy, atomic_output, atomic_write_json, read_json_object
+from m2det_impl._io import PathLike, atomic_link_or_copy, atomic_output, atomic_write_json, read_json_object
 from m2det_impl.backends.cache import cached_export, cached_file, export_key
 from m2det_impl.errors import InputFileError, M2DetError, UsageError
 from m2det_impl.logs import get_logger
 from m2det_impl.network.config import M2DetConfig
-from m2det_impl.network.model import weights_tag
+from m2det_impl.network.weights_identity import weights_tag
 
 __all__ = [
     "write_int8_model",
@@ -336,7 +336,7 @@ def write_int8_model(cfg: M2DetConfig, out_dir: Path, *, weights: Optional[PathL
     description (``.json``) beside it; returns the path and the lines to show the user."""
     record = cached_int8(cfg, weights, calib, calib_images, progress=progress)
     path = Path(out_dir) / f"m2det{cfg.size}_int8.onnx"
-    atomic_copy(record.path, path)
+    atomic_link_or_copy(record.path, path)
     info = describe_int8(path)
     atomic_write_json(path.with_suffix(".json"), {**info, "calibration_files": list(record.calibration),
                                                   "quantize_seconds": record.seconds, "fp32_source": str(record.source),

@@ -17,12 +17,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summary", required=True, help="summary JSON to write (ap and the 12 COCOeval stats)")
     p.add_argument("--skip-bad", action="store_true", help="record missing/truncated outputs and go on")
     p.add_argument("--size", type=int, default=512, help="input size the outputs were made at (default 512)")
-    p.add_argument("--min-ap", type=float, help="exit 1 when AP@[.50:.95] is below this (or was not measured), or "
-                                                "when an image the info file or ais summary lists was not scored")
+    p.add_argument("--min-ap", type=float, help="exit 1 when AP@[.50:.95] is below this (or was not measured), "
+                                                "when an image the info file or ais summary lists was not scored, "
+                                                "or when nothing lists the inputs (no --image-info, no summary)")
     p.add_argument("--allow-partial", action="store_true",
                    help="gate --min-ap even when some listed images have no (or, with --skip-bad, unreadable) "
-                        "outputs, counting them as misses; recorded in the summary")
-
+                        "outputs, counting them as misses, or when nothing lists the inputs; recorded in the summary")
 
 def run(args) -> int:
     from m2det_impl.network.config import get_config

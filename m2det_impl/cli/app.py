@@ -63,11 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with _console_logging(verbose=getattr(args, "verbose", False)):
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        if getattr(MODULES.get(args.command), "RESUMES", False):
-            log(f"\nm2det {args.command}: interrupted; partial results are kept, run the same command again to resume")
-        else:
-            log(f"\nm2det {args.command}: interrupted; what was written so far is kept but incomplete (no summary), "
-                "and the same command starts over (only m2det run resumes)")
+        log(_interrupted(args))
         return EXIT_INTERRUPTED
     except (M2DetError, OSError) as exc:
         if os.environ.get("M2DET_DEBUG"):
@@ -80,6 +76,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log(f"m2det {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} "
             "(a bug; rerun with M2DET_DEBUG=1 for the traceback)")
         return EXIT_INTERNAL
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """The interruption message, true to the command: ``RESUMES`` in its module says it resumes, and its
+    ``resume_refused(args)``, if it has one, why these options do not (several devices, say)."""
+    module = MODULES.get(args.command)
+    resumes = bool(getattr(module, "RESUMES", False))
+    refused = getattr(module, "resume_refused", None)
+    reason = refused(args) if resumes and refused is not None else None
+    if resumes and reason is None:
+        return f"\nm2det {args.command}: interrupted; partial results are kept, run the same command again to resume"
+    which = " and ".join(f"m2det {name}" for name, m in MODULES.items() if getattr(m, "RESUMES", False))
+    return (f"\nm2det {args.command}: interrupted; what was written so far is kept but incomplete (no summary), "
+            f"and the same command starts over ({reason or f'only {which} resume'})")
 
 
 def log(message: str) -> None:

@@ -282,37 +282,65 @@ class AisOutputWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.outfmt = outfmt
         self.flat_scores = flat_scores
-        self.filesinfo: Dict[str, Dict[str, List[str]]] = {}
+        # input path -> its two output files, in the order they were added or adopted
+        self._outfiles: Dict[str, List[str]] = {}
+
+    @property
+    def filesinfo(self) -> Dict[str, Dict[str, List[str]]]:
+        """ais_bench's ``filesinfo``: per sample index (in the order the inputs were added) its ``infiles`` and
+        ``outfiles``."""
+        return {str(i): {"infiles": [name], "outfiles": list(outs)} for i, (name, outs) in
+                enumerate(self._outfiles.items())}
+
+    def output_paths(self, input_path: PathLike) -> Tuple[Path, Path]:
+        """Where this writer puts one input's ``_0`` (scores) and ``_1`` (loc) files."""
+        stem, ext = ais_stem(input_path), self.outfmt.lower()
+        return self.folder / f"{stem}_0.{ext}", self.folder / f"{stem}_1.{ext}"
+
+    def adopt(self, input_path: PathLike) -> Tuple[Path, Path]:
+        """List an input whose outputs an earlier, interrupted run of the same job already wrote here (a
+        resumed ``m2det infer``), without writing them again."""
+        paths = self.output_paths(input_path)
+        self._outfiles[str(input_path)] = [str(p) for p in paths]
+        return paths
 
     def add(self, input_path: PathLike, scores: np.ndarray, loc: np.ndarray) -> Tuple[Path, Path]:
         """One sample's outputs (``[P, C]``, ``[P, 4]``), in .om output order: scores (``_0``), loc (``_1``),
         each shaped as ais_bench's ``np.array_split`` leaves it."""
-        stem = ais_stem(input_path)
-        ext = self.outfmt.lower()
-        paths = (self.folder / f"{stem}_0.{ext}", self.folder / f"{stem}_1.{ext}")
+        paths = self.output_paths(input_path)
         scores = np.asarray(scores)
         pieces = (scores if self.flat_scores else scores[None], np.asarray(loc)[None])
         for path, array in zip(paths, pieces):
             _write_values(path, array, self.outfmt)
-        self.filesinfo[str(len(self.filesinfo))] = {"infiles": [str(input_path)], "outfiles": [str(p) for p in paths]}
+        self._outfiles[str(input_path)] = [str(p) for p in paths]
         return paths
 
     def finish(self, batch_size: int, execute_times_ms: Sequence[float], clock: str = "", *,
                h2d_ms: Sequence[float] = (), d2h_ms: Sequence[float] = (), warmup_executes: int = 0,
-               extra: Optional[Dict[str, object]] = None) -> Path:
+               extra: Optional[Dict[str, object]] = None, order: Optional[Sequence[PathLike]] = None) -> Path:
         """Write the summary ais_bench writes; ``throughput`` is ``1000 * batch / mean(execute ms)``, ``batch``
-        the batch each execute ran. ``args`` is this process's command line followed by
-        ``--warmup_count=N`` (ais_bench's option): the untimed warm-up executes that preceded the timed ones.
-        What this tool adds (``clock``, ``extra``) goes to ``<name>_m2det.json`` beside the summary."""
+        the batch each execute ran, or null when no execute was timed (a resumed job whose inputs were all
+        done before: a throughput of 0.0 would be a figure nobody measured). ``args`` is this process's command
+        line followed by ``--warmup_count=N`` (ais_bench's option): the untimed warm-up executes that preceded
+        the timed ones. ``order``: the inputs in ais_bench's order, so that ``filesinfo`` numbers them as one
+        uninterrupted run would, whatever order a resumed run added and adopted them in. What this tool adds
+        (``clock``, ``extra``) goes to ``<name>_m2det.json`` beside the summary."""
+        filesinfo = self.filesinfo
+        if order is not None:
+            missing = [str(p) for p in order if str(p) not in self._outfiles]
+            if missing:
+                raise ValueError(f"no outputs written or adopted for {len(missing)} input(s), e.g. {missing[0]}")
+            filesinfo = {str(i): {"infiles": [str(p)], "outfiles": list(self._outfiles[str(p)])}
+                         for i, p in enumerate(order)}
         times = [float(t) for t in execute_times_ms]
         compute = _timing(times)
         summary = {
-            "filesinfo": self.filesinfo,
+            "filesinfo": filesinfo,
             "args": list(sys.argv) + [f"--warmup_count={int(warmup_executes)}"],
             "NPU_compute_time": compute,
             "H2D_latency": _timing([float(t) for t in h2d_ms]),
             "D2H_latency": _timing([float(t) for t in d2h_ms]),
-            "throughput": (1000.0 * batch_size / compute["mean"]) if compute["mean"] > 0 else 0.0,
+            "throughput": (1000.0 * batch_size / compute["mean"]) if compute["mean"] > 0 else None,
             "npu_compute_time_list": times,
             "pid": os.getpid(),
         }

@@ -8,6 +8,7 @@ writes, so the guide's own post-processing runs on it unchanged.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -235,10 +236,23 @@ def _check_writable(folder: Path) -> None:
         raise OutputFileError(folder, f"output folder cannot be written ({probe} is not a writable folder)")
 
 
+def not_resumed(naming: str, device_ids: Sequence[int], dump: bool) -> Optional[str]:
+    """Why an ``infer`` job with these options does not resume after an interruption (the one line the
+    command prints when it is interrupted, and logs when an unfinished folder is left alone); None when it
+    resumes."""
+    if naming != "ais":
+        return "--naming benchmark writes flat files and no summary to resume from: a re-run writes every input again"
+    if len(tuple(device_ids)) > 1:
+        return "several devices (--device-id) do not resume: a re-run starts a new folder"
+    if dump:
+        return "a --dump job is not resumed (its dump holds every execute of one whole run): a re-run starts over"
+    return None
+
+
 def infer(inputs: PathLike, cfg: M2DetConfig, model: ModelSpec, output: PathLike, *,
           batch_size: Optional[int] = None, naming: str = "ais", output_dirname: Optional[str] = None,
           outfmt: str = "BIN", progress: bool = True, device_ids: Optional[Sequence[int]] = None,
-          skip_bad: bool = False) -> InferResult:
+          skip_bad: bool = False, fresh: bool = False) -> InferResult:
     """Run ``model`` over a folder of ``.bin``/``.npy`` inputs (or images) and write the
     outputs as the Ascend tools do: ``naming="ais"`` writes ais_bench's layout
     (a time-stamped sub-folder, or ``output_dirname``, with ``<stem>_0`` scores
@@ -258,7 +272,13 @@ def infer(inputs: PathLike, cfg: M2DetConfig, model: ModelSpec, output: PathLike
     throughputs. Every check on the inputs, the options and the model runs
     before anything is written: ``.bin`` sizes, and each image input decoded
     once (an unreadable one stops the job with nothing written; with
-    ``skip_bad`` it is named and left out)."""
+    ``skip_bad`` it is named and left out).
+
+    An interrupted job resumes (ais layout, one device, no dump: :func:`not_resumed`): the same call
+    continues in the newest unfinished folder of the same job (or the ``output_dirname`` folder),
+    skipping the inputs whose outputs are there, and its summary lists every input once; its timing
+    figures are this call's executes only (``resumed_from`` in ``<name>_m2det.json`` counts the rest).
+    ``fresh`` starts a new folder instead (:mod:`m2det_impl.pipeline.ais_resume`)."""
     from m2det_impl.backends.preflight import check_bin_inputs
     from m2det_impl.pipeline.ais_files import check_output_dirname
     from m2det_impl.workflows.devices import check_device_ids
@@ -287,10 +307,17 @@ def infer(inputs: PathLike, cfg: M2DetConfig, model: ModelSpec, output: PathLike
     _check_writable(out)
     if batch_size is not None:
         model = replace(model, batch_size=batch_size)
+    refused = not_resumed(naming, devices, model.dump is not None)
+    if refused is not None and naming == "ais":
+        from m2det_impl.pipeline.ais_resume import unfinished_folders
+
+        pending = unfinished_folders(out)
+        if pending and output_dirname is None:
+            logger.warning(f"not resuming {pending[0]} (unfinished: no summary): {refused}")
     if len(devices) == 1:
         done = _infer_files([str(f) for f in files], cfg, replace(model, device_id=devices[0]), str(out),
                             batch_size=batch_size, naming=naming, output_dirname=output_dirname, outfmt=outfmt,
-                            progress=progress)
+                            progress=progress, resume=refused is None, fresh=fresh)
         summary = Path(done["summary"]) if done["summary"] else None
         return InferResult(Path(done["folder"]), summary, len(files), done["throughput"])
     return _infer_on_devices(files, cfg, model, out, devices, batch_size=batch_size, output_dirname=output_dirname,
@@ -313,7 +340,7 @@ def _infer_on_devices(files: Sequence[Path], cfg: M2DetConfig, model: ModelSpec,
                              progress=False))
              for device, share in zip(devices, shares)]
     results = run_on_devices(tasks)
-    total = sum(float(r["throughput"]) for r in results)
+    total = sum(float(r["throughput"]) for r in results if r["throughput"] is not None)
     path = atomic_write_json(root / "throughput.json", {
         "throughput": total,
         "how": "sum of the devices' throughputs (ais_bench's 'summary throughput'), each 1000 * batch / mean "
@@ -335,54 +362,145 @@ def _infer_task(ready, **kwargs) -> Dict[str, object]:
 
 def _infer_files(files: Sequence[str], cfg: M2DetConfig, model: ModelSpec, output: str, *,
                  batch_size: Optional[int], naming: str, output_dirname: Optional[str], outfmt: str,
-                 progress: bool, ready=None) -> Dict[str, object]:
+                 progress: bool, ready=None, resume: bool = False, fresh: bool = False) -> Dict[str, object]:
     """Open the backend, warm it up on the first batch, (``ready()``: wait for the other devices), then
-    run every input and write the outputs; what came out, as a small dict."""
+    run every input and write the outputs; what came out, as a small dict. ``resume`` (ais layout): continue
+    the unfinished folder of the same job, if any, running only the inputs it does not hold yet."""
+    import numpy as np
+
+    from m2det_impl.pipeline.ais_resume import FolderPlan
+
+    paths = [Path(f) for f in files]
+    plan: Optional[FolderPlan] = None
+    if resume:
+        from m2det_impl.pipeline.ais_resume import job_record, plan_folder
+
+        job = job_record(model.identity(cfg), model.weights_record(), cfg, paths, batch_size=model.batch_size,
+                         outfmt=outfmt)
+        plan = plan_folder(output, job, paths, cfg, output_dirname=output_dirname, fresh=fresh)
+    try:
+        if plan is not None and plan.note:  # another job's folder left alone is worth a warning; a named one redone is not
+            logger.log(logging.INFO if plan.start_over else logging.WARNING, plan.note)
+        if plan is not None and plan.resumed:
+            logger.info(f"resuming {plan.folder}: {len(plan.done)} of {len(paths)} inputs already done")
+        todo = [p for p in paths if plan is None or str(p) not in plan.done]
+        if not todo:  # every output was written before the interruption: only the summary is left to write
+            return _finish_resumed(paths, plan, cfg, model, outfmt)
+        backend = model.create(cfg)  # a batch the model cannot run fails here, before anything is written
+        try:
+            batch = backend.static_batch or batch_size or 1
+            chunks = [todo[i: i + batch] for i in range(0, len(todo), batch)]
+            first = np.concatenate([_read_input(f, cfg) for f in chunks[0]])
+            backend.warm_up(first, max_batch=batch)
+            if ready is not None:
+                ready()
+            out = ensure_output_folder(output)
+            name = output_dirname
+            if plan is not None:
+                from m2det_impl.pipeline.ais_resume import claim_folder
+
+                name = claim_folder(plan, batch).name
+            elif naming == "ais" and name is None:  # never a finished folder of the same second
+                from m2det_impl.pipeline.ais_resume import new_stamped_folder
+
+                name = new_stamped_folder(out).name
+            writer = _writer(out, name, outfmt, backend.flat_scores) if naming == "ais" else None
+            done = _run_chunks(backend, chunks, first, batch, cfg, writer, out, naming, progress)
+            times, clock = list(backend.execute_times_ms), backend.execute_clock
+            h2d, d2h, warmup = list(backend.h2d_times_ms), list(backend.d2h_times_ms), backend.warmup_executes
+        finally:
+            backend.close()
+        done.update(device=model.device_id, count=len(paths), batch=batch)
+        if writer is None:
+            index = 1 if naming == "benchmark" else 0
+            logger.log(RESULT, f"{len(paths)} inputs -> {out} (<stem>_{index}.bin scores, <stem>_{index + 1}.bin loc)")
+            return done
+        for path in paths:
+            if plan is not None and str(path) in plan.done:
+                writer.adopt(path)
+        resumed = len(paths) - len(todo)
+        summary = writer.finish(batch_size=batch, execute_times_ms=times, clock=clock, h2d_ms=h2d, d2h_ms=d2h,
+                                warmup_executes=warmup, order=paths,
+                                extra={"backend": model.backend, "device": model.device_id, "inputs": len(paths),
+                                       **_resume_notes(resumed, len(todo))})
+        if plan is not None:
+            from m2det_impl.pipeline.ais_resume import finish_folder
+
+            finish_folder(plan)
+    finally:
+        if plan is not None:
+            plan.release()
+    throughput = json.loads(summary.read_text())["throughput"]
+    done.update(folder=str(writer.folder), summary=str(summary), throughput=throughput)
+    over = f" (the {len(todo)} this run inferred; {resumed} were done before)" if resumed else ""
+    logger.log(RESULT, f"{len(paths)} inputs -> {writer.folder} (<stem>_0 scores, <stem>_1 loc, {outfmt}); "
+                       f"batch {batch}, throughput {_rate(throughput)} over {len(times)} timed executes{over} "
+                       f"({warmup} warm-up execute(s) untimed); summary {summary}")
+    return done
+
+
+def _writer(out: Path, name: Optional[str], outfmt: str, flat_scores: bool):
+    from m2det_impl.pipeline.ais_files import AisOutputWriter
+
+    return AisOutputWriter(out, output_dirname=name, outfmt=outfmt, flat_scores=flat_scores)
+
+
+def _run_chunks(backend, chunks, first, batch: int, cfg: M2DetConfig, writer, out: Path, naming: str,
+                progress: bool) -> Dict[str, object]:
+    """Infer each chunk (the first already read, for the warm-up) and write its outputs, one input at a time
+    (each file atomically: an interruption leaves whole outputs and at most a temporary file)."""
     import time
 
     import numpy as np
     from tqdm.auto import tqdm
 
-    from m2det_impl.pipeline.ais_files import AisOutputWriter, write_outputs
+    from m2det_impl.pipeline.ais_files import write_outputs
 
-    paths = [Path(f) for f in files]
-    backend = model.create(cfg)  # a batch the model cannot run fails here, before anything is written
-    try:
-        batch = backend.static_batch or batch_size or 1
-        chunks = [paths[i: i + batch] for i in range(0, len(paths), batch)]
-        first = np.concatenate([_read_input(f, cfg) for f in chunks[0]])
-        backend.warm_up(first, max_batch=batch)
-        if ready is not None:
-            ready()
-        out = ensure_output_folder(output)
-        writer = AisOutputWriter(out, output_dirname=output_dirname, outfmt=outfmt,
-                                 flat_scores=backend.flat_scores) if naming == "ais" else None
-        index = 1 if naming == "benchmark" else 0
-        start = time.time()
-        for k, chunk in enumerate(tqdm(chunks, unit="batch", desc="m2det infer", disable=not progress)):
-            images = first if k == 0 else np.concatenate([_read_input(f, cfg) for f in chunk])
-            scores, loc = backend.infer(images, max_batch=batch)
-            for i, f in enumerate(chunk):
-                if writer is not None:
-                    writer.add(f, scores[i], loc[i])
-                else:
-                    write_outputs(out, f.stem, scores[i], loc[i], first_index=index)
-        end = time.time()
-        times, clock = list(backend.execute_times_ms), backend.execute_clock
-        h2d, d2h, warmup = list(backend.h2d_times_ms), list(backend.d2h_times_ms), backend.warmup_executes
-    finally:
-        backend.close()
-    done: Dict[str, object] = {"device": model.device_id, "count": len(paths), "batch": batch, "start": start,
-                               "end": end, "folder": str(out), "summary": None, "throughput": None}
-    if writer is None:
-        logger.log(RESULT, f"{len(paths)} inputs -> {out} (<stem>_{index}.bin scores, <stem>_{index + 1}.bin loc)")
-        return done
-    summary = writer.finish(batch_size=batch, execute_times_ms=times, clock=clock, h2d_ms=h2d, d2h_ms=d2h,
-                            warmup_executes=warmup, extra={"backend": model.backend, "device": model.device_id,
-                                                           "inputs": len(paths)})
-    throughput = json.loads(summary.read_text())["throughput"]
-    done.update(folder=str(writer.folder), summary=str(summary), throughput=throughput)
-    logger.log(RESULT, f"{len(paths)} inputs -> {writer.folder} (<stem>_0 scores, <stem>_1 loc, {outfmt}); "
-                       f"batch {batch}, throughput {throughput:.3f} img/s over {len(times)} timed executes "
-                       f"({warmup} warm-up execute(s) untimed); summary {summary}")
-    return done
+    index = 1 if naming == "benchmark" else 0
+    start = time.time()
+    for k, chunk in enumerate(tqdm(chunks, unit="batch", desc="m2det infer", disable=not progress)):
+        images = first if k == 0 else np.concatenate([_read_input(f, cfg) for f in chunk])
+        scores, loc = backend.infer(images, max_batch=batch)
+        for i, f in enumerate(chunk):
+            if writer is not None:
+                writer.add(f, scores[i], loc[i])
+            else:
+                write_outputs(out, f.stem, scores[i], loc[i], first_index=index)
+    return {"start": start, "end": time.time(), "folder": str(out), "summary": None, "throughput": None}
+
+
+def _resume_notes(resumed: int, inferred: int) -> Dict[str, object]:
+    """What ``<name>_m2det.json`` says of a resumed job: how many inputs an earlier, interrupted run wrote, and
+    that the timing figures of the summary are this run's executes alone (never theirs, never zeros)."""
+    if not resumed:
+        return {}
+    return {"resumed_from": resumed, "inferred": inferred,
+            "timing": f"the summary's execute times and throughput cover the {inferred} input(s) this run inferred; "
+                      f"the {resumed} written before the interruption were timed by a run that wrote no summary"
+                      + ("" if inferred else ": nothing was timed, so the throughput is null")}
+
+
+def _rate(throughput: Optional[float]) -> str:
+    return "not measured" if throughput is None else f"{throughput:.3f} img/s"
+
+
+def _finish_resumed(paths: Sequence[Path], plan, cfg: M2DetConfig, model: ModelSpec, outfmt: str) -> Dict[str, object]:
+    """A resumed job with nothing left to infer: the summary alone, no model loaded, no execute timed."""
+    import time
+
+    from m2det_impl.pipeline.ais_resume import claim_folder, finish_folder
+
+    batch = plan.run_batch or model.batch_size or 1
+    folder = claim_folder(plan, plan.run_batch)
+    writer = _writer(folder.parent, folder.name, outfmt, False)
+    for path in paths:
+        writer.adopt(path)
+    summary = writer.finish(batch_size=batch, execute_times_ms=[], order=paths,
+                            extra={"backend": model.backend, "device": model.device_id, "inputs": len(paths),
+                                   **_resume_notes(len(paths), 0)})
+    finish_folder(plan)
+    now = time.time()
+    logger.log(RESULT, f"{len(paths)} inputs -> {folder}: every output was written before the interruption; "
+                       f"summary {summary} (throughput not measured: nothing was left to infer)")
+    return {"device": model.device_id, "count": len(paths), "batch": batch, "start": now, "end": now,
+            "folder": str(folder), "summary": str(summary), "throughput": None}

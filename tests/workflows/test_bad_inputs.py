@@ -69,7 +69,7 @@ def test_infer_checks_every_image_before_writing(images, tmp_path, capsys, skip_
     assert len(written) == 4 and not any("corrupt" in name for name in written)  # <stem>_0, <stem>_1 each
 
 
-@pytest.mark.parametrize("command, resumes", [("run", True), ("infer", False), ("preprocess", False)])
+@pytest.mark.parametrize("command, resumes", [("run", True), ("infer", True), ("preprocess", False)])
 def test_an_interrupted_command_says_whether_it_resumes(monkeypatch, capsys, tmp_path, command, resumes):
     from m2det_impl.cli import commands
 
@@ -83,7 +83,7 @@ def test_an_interrupted_command_says_whether_it_resumes(monkeypatch, capsys, tmp
     err = capsys.readouterr().err
     assert ("run the same command again to resume" in err) is resumes
     if not resumes:
-        assert "starts over" in err and "only m2det run resumes" in err
+        assert "starts over" in err and "only m2det run and m2det infer resume" in err
 
 
 def test_a_text_file_as_weights_says_what_it_is(tmp_path, capsys):

@@ -303,10 +303,11 @@ def golden_forward() -> dict:
 
 @pytest.fixture(scope="session")
 def golden_model(cfg512):
-    """M2Det512 with golden weights (salt 0), eval mode. Shared: do not mutate."""
-    from m2det_impl.network.model import build_model, golden_fill_
+    """M2Det512 with golden weights (salt 0), eval mode, as every run builds it (``load_model``:
+    no default initialisation to overwrite, two seconds a worker). Shared: do not mutate."""
+    from m2det_impl.network.model import load_model
 
-    return golden_fill_(build_model(cfg512), salt=0)
+    return load_model(cfg512, None, salt=0)
 
 
 @pytest.fixture(scope="session")

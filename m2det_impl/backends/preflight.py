@@ -44,11 +44,13 @@ def check_model_file(path: Optional[PathLike], what: str, error=InputFileError) 
         raise error(p, f"expected a {what}, found a folder or a device")
 
 
-def check_onnx_model(path: PathLike, cfg: Optional[M2DetConfig] = None, batch_one: Optional[str] = None) -> None:
+def check_onnx_model(path: PathLike, cfg: Optional[M2DetConfig] = None, batch_one: Optional[str] = None,
+                     outputs: Optional[Sequence[str]] = None) -> None:
     """An ONNX file is whole, takes an image, and (with ``cfg``) takes ``cfg.size``; with
-    ``batch_one`` (what needs it) its batch is dynamic or 1. Reads the header only
+    ``batch_one`` (what needs it) its batch is dynamic or 1; with ``outputs`` (what reads them
+    by name, e.g. the fp16 forecast) it has outputs of those names. Reads the header only
     (:mod:`m2det_impl.network.onnx_header`): milliseconds for a 530 MB export."""
-    from m2det_impl.network.onnx_header import image_input
+    from m2det_impl.network.onnx_header import image_input, onnx_outputs
 
     found = image_input(path)
     height, width = found.dims[2], found.dims[3]
@@ -60,6 +62,13 @@ def check_onnx_model(path: PathLike, cfg: Optional[M2DetConfig] = None, batch_on
         raise InputFileError(Path(path), f"the model's batch is static {batch}, and {batch_one} one image at a "
                                          f"time: give a dynamic-batch or batch-1 model (m2det export without "
                                          f"--batch, or --batch 1)")
+    if outputs is not None:
+        names = [o.name for o in onnx_outputs(path)]
+        missing = [name for name in outputs if name not in names]
+        if missing:
+            raise InputFileError(Path(path), f"the model's outputs are {names or 'none'}, without "
+                                             f"{' and '.join(missing)}: give an M2Det export (m2det export), "
+                                             f"whose outputs are {' and '.join(outputs)}")
 
 
 def check_model_inputs(spec: "ModelSpec", cfg: Optional[M2DetConfig] = None) -> None:

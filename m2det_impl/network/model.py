@@ -298,6 +298,10 @@ def read_checkpoint(path: Union[str, Path]) -> "OrderedDict[str, torch.Tensor]":
         found = _what_the_file_is(path)
         if found:
             raise CheckpointError(path, f"not a PyTorch checkpoint: {found}") from None
+        if "zip archive" in str(exc) or "central directory" in str(exc):  # PyTorch's reader of torch.save's zip
+            raise CheckpointError(path, f"not a readable PyTorch checkpoint: the zip archive torch.save writes is "
+                                        f"cut short or damaged ({path.stat().st_size} bytes; an interrupted copy "
+                                        f"or download?)") from None
         raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(exc).__name__}: "
                                     f"{_first_line(exc)})") from None
     return _strip_module_prefix(_extract_state_dict(obj, path))
@@ -306,6 +310,18 @@ def read_checkpoint(path: Union[str, Path]) -> "OrderedDict[str, torch.Tensor]":
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Union[str, Path]) -> nn.Module:
     """Load a checkpoint's ``state`` (read from ``path``) strictly into ``model``: missing or
     unexpected keys and wrong shapes raise :class:`CheckpointError` naming them."""
+    check_fit(model, state, path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # noqa: BLE001 - e.g. a sparse or complex tensor that cannot be copied in
+        raise CheckpointError(path, f"tensors that do not load into this model ({_first_line(exc)})") from None
+    return model
+
+
+def check_fit(model: nn.Module, state: Mapping[str, torch.Tensor], path: Union[str, Path]) -> None:
+    """Hold a checkpoint's ``state`` (read from ``path``) to ``model``'s names and shapes, copying
+    nothing: missing or unexpected keys and wrong shapes raise :class:`CheckpointError` naming them.
+    ``model`` may live on the meta device (no memory), as :func:`load_model` builds it to check first."""
     path = Path(path)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -323,11 +339,6 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Union[
     ]
     if wrong:
         raise CheckpointError(path, "shape mismatch (another input size or class count?): " + _summarise(wrong, 4))
-    try:
-        model.load_state_dict(state, strict=True)
-    except Exception as exc:  # noqa: BLE001 - e.g. a sparse or complex tensor that cannot be copied in
-        raise CheckpointError(path, f"tensors that do not load into this model ({_first_line(exc)})") from None
-    return model
 
 
 def golden_fill_(model: nn.Module, salt: int = 0) -> nn.Module:
@@ -372,7 +383,7 @@ def load_model(cfg: M2DetConfig, weights: Optional[PathLike] = None, salt: int =
         return golden_fill_(_allocated(cfg), salt=salt)
     state = read_checkpoint(weights)
     with torch.device("meta"):
-        load_state(build_model(cfg), state, weights)  # a misfit refused before any memory is taken
+        check_fit(build_model(cfg), state, weights)  # a misfit refused before any memory is taken
     return load_state(_allocated(cfg), state, weights)
 
 

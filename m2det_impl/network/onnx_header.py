@@ -8,8 +8,8 @@ a model given with the wrong ``--size``, a static batch where one image at a
 time is needed, or a truncated file fails in the first second, in one line
 naming the file.
 
-ModelProto field 7 is the graph; GraphProto field 11 its inputs
-(ValueInfoProto: 1 name, 2 type); TypeProto 1 a tensor type (2 its shape);
+ModelProto field 7 is the graph; GraphProto field 11 its inputs, 12 its
+outputs (ValueInfoProto: 1 name, 2 type); TypeProto 1 a tensor type (2 its shape);
 TensorShapeProto 1 its dims (1 dim_value, 2 dim_param).
 """
 
@@ -23,7 +23,7 @@ from typing import BinaryIO, Iterator, List, Optional, Tuple, Union
 from m2det_impl._io import PathLike
 from m2det_impl.errors import InputFileError
 
-__all__ = ["OnnxInput", "onnx_inputs", "image_input"]
+__all__ = ["OnnxInput", "onnx_inputs", "onnx_outputs", "image_input"]
 
 Dim = Union[int, str, None]  # a fixed size, a symbolic name, or unknown
 
@@ -128,7 +128,19 @@ def onnx_inputs(path: PathLike) -> List[OnnxInput]:
     """The graph inputs of the ONNX file at ``path`` (initializers listed as inputs are left
     out only by the caller's choice: an M2Det export lists its image first). A file that is not
     a whole ONNX model is an :class:`InputFileError` naming it."""
+    return _graph_values(path, 11)
+
+
+def onnx_outputs(path: PathLike) -> List[OnnxInput]:
+    """The graph outputs of the ONNX file at ``path``, in order (an M2Det export: ``scores``, ``loc``);
+    errors as :func:`onnx_inputs`."""
+    return _graph_values(path, 12)
+
+
+def _graph_values(path: PathLike, field: int) -> List[OnnxInput]:
+    """The ValueInfoProtos of GraphProto field ``field`` (11 inputs, 12 outputs)."""
     path = Path(path)
+    size = 0
     try:
         size = path.stat().st_size
         with open(path, "rb") as data:
@@ -137,8 +149,8 @@ def onnx_inputs(path: PathLike) -> List[OnnxInput]:
                 raise _Bad("no graph")
             pos, length = graphs[-1]
             data.seek(pos)
-            inputs = [(p, n) for number, wire, p, n in _fields(data, pos + length) if number == 11 and wire == 2]
-            return [_read_input(data, p, n) for p, n in inputs]
+            values = [(p, n) for number, wire, p, n in _fields(data, pos + length) if number == field and wire == 2]
+            return [_read_input(data, p, n) for p, n in values]
     except _Bad as exc:
         raise InputFileError(path, f"not a readable ONNX model: truncated or not ONNX ({exc}, {size} bytes)") from None
     except OSError as exc:

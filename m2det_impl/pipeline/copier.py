@@ -52,12 +52,13 @@ _memcpy.restype = ctypes.c_size_t
 
 
 @njit(nogil=True)  # not cached: numba cannot cache a function that calls through ctypes pointers
-def _copy_loop(command_fd, table, done):  # pragma: no cover - compiled
-    """Until a negative command or the pipe's end: read a row index, copy its
-    two buffers, record its sequence number in ``done[0]`` and send it to its
-    notice fd. Returns 0, or -1 when reading a command failed."""
+def _copy_loop(command_fd, ready_fd, table, done):  # pragma: no cover - compiled
+    """Say so on ``ready_fd`` (8 bytes: the loop runs, without the GIL), then until a negative
+    command or the pipe's end: read a row index, copy its two buffers, record its sequence number
+    in ``done[0]`` and send it to its notice fd. Returns 0, or -1 when reading a command failed."""
     word = np.zeros(1, np.int64)
     address = word.ctypes.data
+    _write(ready_fd, address, 8)
     while True:
         got = 0
         while got < 8:
@@ -83,21 +84,32 @@ class Copier:
         self._done = np.zeros(1, np.int64)
         self.error: Optional[str] = None
         self._command_r, self._command_w = os.pipe()
-        self._started = threading.Event()
+        ready_r, self._ready_w = os.pipe()
         self._thread = threading.Thread(target=self._main, name="m2det-copy", daemon=True)
         self._thread.start()
-        self._started.wait()  # in its scheduling class before the first copy
+        # Back only once the compiled loop runs (it says so itself, the GIL released): an event set
+        # in Python before the call would leave a window, the first call's compilation included, in
+        # which a caller that then holds the GIL (a GIL-holding runtime) keeps the loop from starting.
+        # A thread that fails first closes the pipe instead; copy() reports its error.
+        with os.fdopen(ready_r, "rb", buffering=0) as ready:
+            got = b""
+            while len(got) < 8:
+                chunk = ready.read(8 - len(got))
+                if not chunk:
+                    break
+                got += chunk
 
     def _main(self) -> None:
         # a process-directed signal (Ctrl-C) must not interrupt the loop's read(2)
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        background_priority()
-        self._started.set()
+        background_priority()  # in its scheduling class before the first copy
         try:
-            status = _copy_loop(self._command_r, self.table, self._done)
+            status = _copy_loop(self._command_r, self._ready_w, self.table, self._done)
         except BaseException as exc:  # noqa: BLE001 - reported by the next copy()
             self.error = f"{type(exc).__name__}: {exc}"
             return
+        finally:
+            os.close(self._ready_w)
         if status < 0:
             self.error = "reading its command pipe failed"
 

@@ -38,7 +38,7 @@ from m2det_impl._io import PathLike
 from m2det_impl.errors import InputFileError
 from m2det_impl.evaluation.metrics import output_metrics
 from m2det_impl.evaluation.tolerances import Bound
-from m2det_impl.precision.forecast import _with_outputs
+from m2det_impl.precision.forecast import _session, _with_outputs
 from m2det_impl.precision.fp16 import emulate_fp16
 from m2det_impl.resources import data_path
 
@@ -253,14 +253,7 @@ class Reference:
 
 def _run(model_bytes: bytes, feed: Dict[str, np.ndarray], names: Sequence[str], optimise: bool,
          threads: Optional[int]) -> Dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if not optimise:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    session = ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+    session = _session(model_bytes, threads, optimise)
     return dict(zip(names, session.run(list(names), feed)))
 
 

@@ -19,6 +19,7 @@ import onnx
 from onnx import helper
 
 from m2det_impl._io import PathLike
+from m2det_impl.backends.base import default_threads
 from m2det_impl.errors import InputFileError
 from m2det_impl.evaluation.agreement import DetectionAgreement, agreement_totals, detection_agreement
 from m2det_impl.evaluation.metrics import OutputMetrics, compare_runs, output_metrics, worst_per_output
@@ -92,10 +93,16 @@ def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> bytes:
             model.graph.output.pop()
 
 
-def _session(model_bytes: bytes, threads: Optional[int]):
+def _session(model_bytes: bytes, threads: Optional[int], optimise: bool = True):
+    """An ONNX Runtime CPU session on ``model_bytes``: ``threads`` intra-op threads, else
+    ``$M2DET_THREADS`` (:func:`default_threads`, as every backend sizes its pool), else one per core;
+    ``optimise=False`` turns every graph optimisation off (no fusion may move a compared value)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not optimise:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    threads = threads or default_threads()
     if threads:
         options.intra_op_num_threads = int(threads)
     return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])

@@ -84,8 +84,9 @@ def compare_precision(kind: str, dataset: Dataset, cfg: M2DetConfig, model: Mode
     model.preflight(cfg)
     if kind == "fp16" and model.onnx is not None:
         from m2det_impl.backends.preflight import check_onnx_model
+        from m2det_impl.network.export import OUTPUT_NAMES
 
-        check_onnx_model(model.onnx, cfg, batch_one="the fp16 forecast runs")
+        check_onnx_model(model.onnx, cfg, batch_one="the fp16 forecast runs", outputs=OUTPUT_NAMES)
     folder = ensure_output_folder(out)
     categories = category_ids_for(dataset.annotations, cfg) if dataset.annotations else None
     if kind == "fp16":

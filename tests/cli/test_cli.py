@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import SMALL_CONFIG_FILE, perfect_outputs
+from support import SMALL_CONFIG_FILE, perfect_outputs, shaped_state
 
 from m2det_impl.cli import main
 from m2det_impl.exit_codes import EXIT_BAD_INPUT as EXIT_ERROR
@@ -266,9 +266,9 @@ def test_wrong_bin_size_names_the_file(tmp_path, onnx_path, small, small_cfg, ca
     assert str(bad) in err and str(3 * small_cfg.size ** 2 * 4) in err
 
 
-def test_checkpoint_of_another_model_is_refused(tmp_path, golden_model, capsys):
-    state = dict(golden_model.state_dict())
-    state["conf.0.weight"] = torch.zeros(21 * 6, 2048, 3, 3)  # a VOC (21-class) head
+def test_checkpoint_of_another_model_is_refused(tmp_path, cfg512, capsys):
+    # M2Det512's names and shapes with a VOC (21-class) head, values left out (support.shaped_state)
+    state = shaped_state(cfg512, conf__0__weight=torch.zeros(()).expand(21 * 6, 2048, 3, 3))
     path = tmp_path / "m2det512_voc.pth"
     torch.save(state, path)
     assert main(["run", "--weights", str(path), "--backend", "torch", "--output", str(tmp_path / "o"),

@@ -9,6 +9,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from support import shaped_state
 
 from m2det_impl.errors import CheckpointError
 from m2det_impl.network.config import get_config
@@ -22,8 +23,17 @@ def manifest(golden_dir):
     return json.loads((golden_dir / "state_dict_m2det512_vgg.json").read_text())
 
 
-def test_state_dict_equals_reference_manifest(golden_model, manifest):
-    ours = [(k, list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in golden_model.state_dict().items()]
+@pytest.fixture(scope="module")
+def small_model(small_cfg):
+    """The reduced network (support.SMALL_CONFIG_FILE) with golden weights, as ``load_model`` gives every
+    run its network: what holds for any network built from these modules is checked on it, a sixth
+    of M2Det512's cost (docs/testing.md, "Which tests run on which model")."""
+    return load_model(small_cfg, None)
+
+
+def test_state_dict_equals_reference_manifest(cfg512, manifest):
+    """Names, shapes and dtypes of M2Det512 as built (on the meta device: no memory, no weights)."""
+    ours = [(k, list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in _shapes_only(cfg512).state_dict().items()]
     theirs = [(e["name"], e["shape"], e["dtype"]) for e in manifest]
     assert len(ours) == len(theirs) == 887
     assert ours == theirs
@@ -32,20 +42,21 @@ def test_state_dict_equals_reference_manifest(golden_model, manifest):
 
 @pytest.mark.parametrize("size", [320, 704, 800])
 def test_other_sizes_share_the_state_dict(size, manifest):
-    sd = build_model(get_config(size)).state_dict()
+    sd = _shapes_only(get_config(size)).state_dict()
     assert [(k, list(v.shape)) for k, v in sd.items()] == [(e["name"], e["shape"]) for e in manifest]
 
 
-def test_leach_is_one_shared_module(golden_model):
-    leaches = list(golden_model.leach)
+def test_leach_is_one_shared_module(cfg512):
+    model = _shapes_only(cfg512)
+    leaches = list(model.leach)
     assert len(leaches) == 8 and all(m is leaches[0] for m in leaches)
-    sd = golden_model.state_dict()
-    assert sd["leach.0.conv.weight"].data_ptr() == sd["leach.7.conv.weight"].data_ptr()
+    sd = model.state_dict(keep_vars=True)
+    assert sd["leach.0.conv.weight"] is sd["leach.7.conv.weight"]
 
 
-def test_model_is_in_eval_mode(golden_model):
-    assert not golden_model.training
-    assert all(not m.training for m in golden_model.modules())
+def test_model_is_in_eval_mode(small_model):
+    assert not small_model.training
+    assert all(not m.training for m in small_model.modules())
 
 
 def _tiny_network() -> torch.nn.Module:
@@ -56,11 +67,11 @@ def _tiny_network() -> torch.nn.Module:
     return net
 
 
-def test_golden_fill_is_deterministic_and_salted(golden_model):
+def test_golden_fill_is_deterministic_and_salted(small_model):
     """Two fills of fresh modules agree on every tensor and a salt changes each of them (a module
     with every kind of tensor the fill has a rule for: the fill is per name, whatever the network);
-    the 512's own fill is held to the reference's forward by the golden parity tests, and
-    spot-checked below."""
+    the 512's own fill is held to the reference's forward by the golden parity tests; a network's
+    fill, through ``load_model``, is spot-checked below (a rule per name and shape, whatever the width)."""
     first = golden_fill_(_tiny_network()).state_dict()
     second = golden_fill_(_tiny_network())
     assert all(torch.equal(tensor, second.state_dict()[name]) for name, tensor in first.items())
@@ -70,33 +81,32 @@ def test_golden_fill_is_deterministic_and_salted(golden_model):
     import zlib
     rs = np.random.RandomState(zlib.crc32(b"loc.0.bias") & 0xFFFFFFFF)
     expected = (0.05 * rs.standard_normal((24,))).astype(np.float32)
-    assert np.array_equal(golden_model.state_dict()["loc.0.bias"].numpy(), expected)
+    assert np.array_equal(small_model.state_dict()["loc.0.bias"].numpy(), expected)
 
 
 # ------------------------------------------------------------ checkpoints
 @pytest.fixture(scope="module")
-def saved_checkpoints(golden_model, tmp_path_factory):
+def saved_checkpoints(small_model, tmp_path_factory):
+    """The reduced network's golden weights saved plain and with DataParallel's ``module.`` prefix: how a
+    checkpoint is read and held to the network does not depend on its width (M2Det512's names and
+    shapes are held by the manifest test above)."""
     folder = tmp_path_factory.mktemp("ckpt")
     plain = folder / "plain.pth"
     wrapped = folder / "dataparallel.pth"
-    sd = golden_model.state_dict()
+    sd = small_model.state_dict()
     torch.save(sd, plain)
     torch.save(OrderedDict(("module." + k, v) for k, v in sd.items()), wrapped)
     return plain, wrapped
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["plain", "module-prefix"])
-def test_checkpoint_round_trip(which, saved_checkpoints, golden_model, cfg512):
-    model = load_checkpoint(build_model(cfg512), saved_checkpoints[which])
-    ref = golden_model.state_dict()
+def test_checkpoint_round_trip(which, saved_checkpoints, small_model, small_cfg):
+    """Every tensor back as saved, through the path every run takes (``load_model``: read, held to the
+    network's names and shapes, loaded)."""
+    model = load_model(small_cfg, saved_checkpoints[which])
+    ref = small_model.state_dict()
     for k, v in model.state_dict().items():
         assert torch.equal(v, ref[k]), k
-
-
-def _tiny_state(names, extra=None):
-    state = OrderedDict((k, torch.zeros(1)) for k in names)
-    state.update(extra or {})
-    return state
 
 
 def _shapes_only(cfg):
@@ -106,28 +116,28 @@ def _shapes_only(cfg):
         return build_model(cfg)
 
 
-def test_checkpoint_missing_keys_are_named(tmp_path, golden_model, cfg512):
-    names = list(golden_model.state_dict())
+def test_checkpoint_missing_keys_are_named(tmp_path, cfg512):
+    state = shaped_state(cfg512)
+    names = list(state)
     path = tmp_path / "partial.pth"
-    torch.save(_tiny_state(names[5:]), path)
+    torch.save(OrderedDict((k, state[k]) for k in names[5:]), path)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(_shapes_only(cfg512), path)
     msg = str(info.value)
     assert str(path) in msg and "missing keys" in msg and names[0] in msg
 
 
-def test_checkpoint_unexpected_keys_are_named(tmp_path, golden_model, cfg512):
+def test_checkpoint_unexpected_keys_are_named(tmp_path, cfg512):
     path = tmp_path / "extra.pth"
-    torch.save(_tiny_state(golden_model.state_dict(), {"sfam_module.fc.weight": torch.zeros(1)}), path)
+    torch.save(OrderedDict(shaped_state(cfg512), **{"sfam_module.fc.weight": torch.zeros(1)}), path)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(_shapes_only(cfg512), path)
     assert "unexpected keys: sfam_module.fc.weight" in str(info.value)
 
 
-def test_checkpoint_wrong_shapes_are_named(tmp_path, golden_model, cfg512):
+def test_checkpoint_wrong_shapes_are_named(tmp_path, cfg512):
     """A checkpoint for another class count (VOC, 21 classes) fails on the conf heads."""
-    state = OrderedDict((k, v) for k, v in golden_model.state_dict().items())
-    state["conf.0.weight"] = torch.zeros(21 * 6, 2048, 3, 3)
+    state = shaped_state(cfg512, conf__0__weight=torch.zeros(()).expand(21 * 6, 2048, 3, 3))
     path = tmp_path / "voc.pth"
     torch.save(state, path)
     with pytest.raises(CheckpointError) as info:
@@ -148,6 +158,19 @@ def test_unreadable_checkpoint_names_the_file_and_what_was_found(tmp_path, conte
         load_model(cfg512, path)
     assert str(path) in str(info.value) and says in str(info.value)
     assert "pickled objects" not in str(info.value)  # random bytes are not blamed on pickled code
+
+
+def test_a_cut_checkpoint_is_named_as_cut_not_as_a_pytorch_error(tmp_path, cfg512):
+    """An interrupted copy of a real torch.save file: one line that says so, without the reader's internals."""
+    whole = tmp_path / "whole.pth"
+    torch.save({"conf.0.bias": torch.zeros(8)}, whole)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[:-64])
+    with pytest.raises(CheckpointError) as info:
+        load_model(cfg512, cut)
+    msg = str(info.value)
+    assert str(cut) in msg and "cut short or damaged" in msg and f"{cut.stat().st_size} bytes" in msg
+    assert "PytorchStreamReader" not in msg and "RuntimeError" not in msg and "\n" not in msg
 
 
 def test_a_checkpoint_with_pickled_code_names_what_it_holds(tmp_path, cfg512):
@@ -178,9 +201,9 @@ def test_pickled_code_is_refused_not_run(tmp_path, cfg512, capsys):
 
 
 # ---------------------------------------------------------------- forward
-def test_forward_rejects_wrong_input(golden_model):
-    with pytest.raises(ValueError, match=r"\[B, 3, 512, 512\]"):
-        golden_model(torch.zeros(1, 3, 320, 320))
+def test_forward_rejects_wrong_input(small_model):
+    with pytest.raises(ValueError, match=r"\[B, 3, 320, 320\]"):
+        small_model(torch.zeros(1, 3, 512, 512))
 
 
 @pytest.fixture(scope="module")

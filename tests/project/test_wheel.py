@@ -45,13 +45,14 @@ def _build_and_install(root: Path) -> None:
                     "-w", str(root / "dist")], check=True, capture_output=True, timeout=600)
     wheel = next((root / "dist").glob("m2det_conformance-*.whl"))
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    # no pip of its own (installing one is most of a venv's start-up): this environment's pip
+    # installs into it with --python, and the console script gets the venv's interpreter
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
-    # the venv's own pip: the console script gets the venv's interpreter
-    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
+                    str(wheel)], check=True, capture_output=True, timeout=600)
     # third-party packages only: a plain path entry does not run this environment's .pth files,
     # so the checkout's editable install stays invisible
     (site / "zz_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")

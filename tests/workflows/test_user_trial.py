@@ -126,6 +126,20 @@ def test_fp16_forecast_of_a_static_batch_4_model_fails_first(tmp_path, capsys, m
     assert not out.exists()
 
 
+def test_fp16_forecast_of_a_model_without_m2det_outputs_fails_first(tmp_path, capsys, monkeypatch):
+    """The forecast reads ``scores`` and ``loc`` by name: another graph is bad input (exit 2), named
+    before the forecast starts, not a KeyError from inside it (exit 3)."""
+    onnx = _tiny_onnx(tmp_path / "other.onnx", ["batch", 3, 512, 512])  # one output, "scores"
+    monkeypatch.setattr("m2det_impl.precision.forecast.forecast_fp16_stream",
+                        lambda *a, **k: pytest.fail("the forecast started before the model was checked"))
+    out = tmp_path / "cmp"
+    code = main(["compare", "--emulate", "fp16", "--onnx", str(onnx), "--limit", "1", "--output", str(out), "--quiet"])
+    assert code == EXIT_BAD_INPUT
+    line = _one_error_line(capsys.readouterr(), onnx)
+    assert "['scores']" in line and "without loc" in line and "m2det export" in line
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("command", [["compare", "--emulate", "fp16"], ["run"]])
 def test_a_truncated_onnx_file_is_named_in_one_line(tmp_path, capsys, command):
     whole = _tiny_onnx(tmp_path / "whole.onnx", ["batch", 3, 512, 512]).read_bytes()

@@ -33,7 +33,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from m2det_impl._io import PathLike, read_json_object
+from m2det_impl._io import PathLike, atomic_write_json, ensure_output_file, read_json_object
 from m2det_impl.backends.registry import DEFAULT_RUNTIME, runtimes
 from m2det_impl.errors import InputFileError, UsageError
 from m2det_impl.gating.machine import machine_identity, platform_name
@@ -43,6 +43,7 @@ __all__ = [
     "dataset_identity",
     "tolerance_figures",
     "collect_results",
+    "collect_results_to",
 ]
 
 GOLDEN_WEIGHTS_TAG = "golden0"  # the weights of fixtures/golden (salt 0)
@@ -305,3 +306,13 @@ def collect_results(runs: Sequence[PathLike] = (), bench: Sequence[PathLike] = (
         "sources": {"runs": [str(r) for r in runs], "scored": {n: str(p) for n, p in scored},
                     "bench": [str(b) for b in bench], "saved_runs": None if saved_runs is None else str(saved_runs)},
     }
+
+
+def collect_results_to(output: PathLike, **kwargs) -> Tuple[Path, dict]:
+    """:func:`collect_results` (``kwargs``), written atomically to ``output``: ``(path, content)``.
+    A path that is a folder is refused first; the file's folder is made only once there is
+    something to write, so a collect that fails leaves no empty folder behind."""
+    if Path(output).is_dir():
+        ensure_output_file(output)  # raises: a folder, not a file to write
+    data = collect_results(**kwargs)
+    return atomic_write_json(ensure_output_file(output), data, indent=2), data

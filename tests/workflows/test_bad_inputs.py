@@ -111,3 +111,16 @@ def test_collect_takes_the_bundled_annotations(tmp_path, capsys):
                  "--output", str(by_path)]) == EXIT_OK
     named, pathed = json.loads(by_name.read_text()), json.loads(by_path.read_text())
     assert named["workload"]["dataset"] == pathed["workload"]["dataset"] and named["workload"]["dataset"]
+
+
+def test_a_collect_that_fails_leaves_no_folder_behind(tmp_path, capsys):
+    """The second trial: failing commands left empty folders. collect makes the results file's folder
+    only once it has something to write; a folder given as the file is refused, in one line."""
+    out = tmp_path / "new" / "results.json"
+    assert main(["collect", "--run", str(tmp_path / "absent-run"), "--output", str(out)]) == EXIT_BAD_INPUT
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "absent-run" in err[0], err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "folder").mkdir()
+    assert main(["collect", "--run", str(tmp_path / "absent-run"), "--output", str(tmp_path / "folder")]) != EXIT_OK
+    assert "is a folder" in capsys.readouterr().err

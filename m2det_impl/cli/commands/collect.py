@@ -31,7 +31,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from m2det_impl._io import atomic_write_json, ensure_output_file
+    from m2det_impl._io import atomic_write_json, output_files
     from m2det_impl.gating.collect import collect_results
     from m2det_impl.resources import resolve_annotations
 
@@ -41,11 +41,11 @@ def run(args) -> int:
         if not sep or not name or not path:
             raise UsageError(f"--ap wants NAME=SUMMARY.json, got {item!r}")
         scored.append((name, path))
-    out = ensure_output_file(args.output)
-    data = collect_results(args.run or [], args.bench or [], args.saved_runs, resolve_annotations(args.annotations), scored=scored,
-                           precision=args.precision, platform=args.platform, notes=args.note or [],
-                           detections=not args.no_detections, golden_forward=args.golden_forward)
-    path = atomic_write_json(out, data, indent=2)
+    with output_files(args.output) as (out,):  # checked writable first; no new empty folder if reading fails
+        data = collect_results(args.run or [], args.bench or [], args.saved_runs, resolve_annotations(args.annotations),
+                               scored=scored, precision=args.precision, platform=args.platform, notes=args.note or [],
+                               detections=not args.no_detections, golden_forward=args.golden_forward)
+        path = atomic_write_json(out, data, indent=2)
     count = sum(len(v) for v in data["figures"].values())
     echo(f"{count} figures of platform {data['platform']} -> {path}")
     return EXIT_OK

@@ -16,18 +16,22 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
 
 import numpy as np
 
-from m2det_impl.errors import InputFileError, OutputFileError
+from m2det_impl.errors import InputFileError, M2DetError, OutputFileError
 
 __all__ = [
     "PathLike",
     "read_json",
     "read_json_object",
+    "reading_fields",
+    "read_npz",
     "ensure_output_folder",
     "ensure_output_file",
+    "output_folder",
+    "output_files",
     "is_int",
     "sha256_file",
     "atomic_write_bytes",
@@ -195,6 +199,90 @@ def read_json_object(path: PathLike, what: str = "JSON file") -> dict:
     if not isinstance(data, dict):
         raise InputFileError(path, f"{what} must be a JSON object")
     return data
+
+
+@contextmanager
+def reading_fields(path: PathLike, what: str, expected: str = "") -> Iterator[None]:
+    """The block reads the fields of a JSON record (``data["inference"][0]["batch_size"]``...) as its
+    consumer uses them; a field missing or of the wrong type there (a KeyError, TypeError,
+    ValueError, AttributeError or IndexError) means the file is not that record, said in one line
+    naming the file, what it should be and what it lacks, instead of an internal error or a bare
+    ``KeyError: 'x'``. The project's own errors raised inside pass through unchanged."""
+    try:
+        yield
+    except M2DetError:
+        raise
+    except KeyError as exc:
+        raise InputFileError(path, f"not {what}: lacks {exc.args[0]!r}" + (f"; expected {expected}" if expected
+                                                                           else "")) from None
+    except (TypeError, ValueError, AttributeError, IndexError) as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputFileError(path, f"not {what}: a field holds a value of the wrong type or shape ({detail})"
+                             + (f"; expected {expected}" if expected else "")) from None
+
+
+def read_npz(path: PathLike, what: str, keys: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (no pickles); a missing, empty, truncated or foreign file, or one
+    without ``keys``, is an :class:`InputFileError` naming it, never numpy's EOFError or zipfile's
+    BadZipFile from deep inside ``np.load``."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, f"{what} not found" if not path.exists() else f"{what} is a folder, not a file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise InputFileError(path, f"{what} is a single .npy array, not an .npz archive")
+        with loaded as data:
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise InputFileError(path, f"{what} lacks {missing} (has {data.files})")
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, M2DetError):
+            raise
+        reason = "the file is empty" if isinstance(exc, EOFError) else " ".join(str(exc).split())
+        raise InputFileError(path, f"{what} is not a readable .npz ({reason})") from None
+
+
+def _missing_folders(folder: Path) -> List[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+@contextmanager
+def _removed_when_failing_empty(folders: Sequence[Path]) -> Iterator[None]:
+    """When the block raises, ``folders`` (the ones a job created) go again if they are empty, deepest
+    first: a command that fails on bad input leaves no new empty folder behind, and never removes one
+    that holds anything, or one that was there before."""
+    try:
+        yield
+    except BaseException:
+        for folder in sorted(set(folders), key=lambda p: len(p.parts), reverse=True):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                pass
+        raise
+
+
+@contextmanager
+def output_folder(folder: PathLike) -> Iterator[Path]:
+    """:func:`ensure_output_folder` for the length of a job: checked writable before any work, and
+    removed again (with the parents it needed) when the job raises and left it empty."""
+    folder = Path(folder)
+    with _removed_when_failing_empty(_missing_folders(folder)):
+        yield ensure_output_folder(folder)
+
+
+@contextmanager
+def output_files(*paths: PathLike) -> Iterator[Tuple[Path, ...]]:
+    """:func:`ensure_output_file` for each of ``paths`` for the length of a job, with
+    :func:`output_folder`'s promise for the folders it had to create."""
+    made = [p for path in paths for p in _missing_folders(Path(path).parent)]
+    with _removed_when_failing_empty(made):
+        yield tuple(ensure_output_file(p) for p in paths)
 
 
 def ensure_output_folder(folder: PathLike) -> Path:

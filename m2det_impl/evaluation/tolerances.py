@@ -18,7 +18,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from m2det_impl._io import PathLike, atomic_write_bytes, atomic_write_json, read_json_object
+from m2det_impl._io import PathLike, atomic_write_bytes, atomic_write_json, read_json_object, read_npz, reading_fields
 from m2det_impl.errors import InputFileError, M2DetError, UsageError
 from m2det_impl.evaluation.agreement import DetectionAgreement, detection_agreement
 from m2det_impl.evaluation.metrics import OutputMetrics, compare_runs
@@ -147,22 +147,21 @@ class Tolerances:
     def __init__(self, data: Mapping, source: str = "<dict>"):
         self.source = source
         self.pairs: Dict[str, Dict[str, Dict[str, Bound]]] = {}
-        try:
+        with reading_fields(source, "a tolerance file", "'pairs': {pair: {output: {metric: {max or min, "
+                                                        "reason}}}} with a 'default' pair"):
             for pair, outputs in _entries(data["pairs"]):
                 self.pairs[pair] = {
-                    out: {metric: self._bound(metric, spec) for metric, spec in _entries(bounds)}
+                    out: {metric: self._bound(metric, spec, source) for metric, spec in _entries(bounds)}
                     for out, bounds in _entries(outputs)
                 }
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InputFileError(source, f"not a tolerance file ({type(exc).__name__}: {exc})") from None
         if "default" not in self.pairs:
             raise InputFileError(source, "tolerance file has no 'default' pair")
 
     @staticmethod
-    def _bound(metric: str, spec: Mapping) -> Bound:
+    def _bound(metric: str, spec: Mapping, source: str) -> Bound:
         kinds = [k for k in ("max", "min") if k in spec]
         if len(kinds) != 1 or not str(spec.get("reason", "")).strip():
-            raise UsageError(f"bound {metric!r} needs exactly one of max/min and a reason, got {dict(spec)}")
+            raise InputFileError(source, f"bound {metric!r} needs exactly one of max/min and a reason, got {dict(spec)}")
         return Bound(metric, kinds[0], float(spec[kinds[0]]), str(spec["reason"]))
 
     @classmethod
@@ -257,17 +256,18 @@ def save_run(folder: PathLike, name: str, scores: np.ndarray, loc: np.ndarray, i
 def load_run(path: PathLike) -> SavedRun:
     """Read a run written by :func:`save_run` (the ``.npz``; the ``.json`` is optional)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "saved run not found")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in ("scores", "loc", "image_ids", "image_sizes") if k not in data.files]
-            if missing:
-                raise InputFileError(path, f"not a saved run: lacks {missing} (has {data.files})")
-            scores, loc = data["scores"], data["loc"]
-            ids, sizes = [str(i) for i in data["image_ids"]], data["image_sizes"]
-    except (OSError, ValueError) as exc:
-        raise InputFileError(path, f"not a readable .npz ({exc})") from None
+    data = read_npz(path, "saved run", ("scores", "loc", "image_ids", "image_sizes"))
+    scores, loc, sizes = data["scores"], data["loc"], data["image_sizes"]
+    count = len(data["image_ids"]) if data["image_ids"].ndim == 1 else -1
+    # the shapes compare_runs and the detection decoder index: one row per image, 81 scores and 4 loc per prior
+    if not (scores.dtype.kind == "f" and loc.dtype.kind == "f" and scores.ndim == 3 and loc.ndim == 3
+            and loc.shape[2] == 4 and scores.shape[:2] == loc.shape[:2] and scores.shape[0] == count
+            and sizes.shape == (count, 2) and sizes.dtype.kind in "iuf"):
+        raise InputFileError(path, f"not a saved run: expected float scores [N, P, C], loc [N, P, 4], N image_ids and "
+                                   f"image_sizes [N, 2]; got scores {scores.dtype} {list(scores.shape)}, loc "
+                                   f"{loc.dtype} {list(loc.shape)}, {data['image_ids'].size} image_ids, image_sizes "
+                                   f"{list(sizes.shape)}")
+    ids = [str(i) for i in data["image_ids"]]
     meta_path = path.with_suffix(".json")
     meta = read_json_object(meta_path, "saved run description") if meta_path.is_file() else {}
     return SavedRun(path.stem, scores, loc, ids, sizes, meta)
@@ -282,6 +282,10 @@ def compare_saved(a: SavedRun, b: SavedRun, pair: Optional[str] = None, toleranc
     """
     if a.image_ids != b.image_ids:
         raise UsageError(f"runs {a.name} and {b.name} hold different images: {a.image_ids[:3]}... vs {b.image_ids[:3]}...")
+    if a.scores.shape != b.scores.shape or a.loc.shape != b.loc.shape:
+        raise UsageError(f"runs {a.name} and {b.name} hold outputs of different shapes (scores {list(a.scores.shape)} "
+                         f"vs {list(b.scores.shape)}, loc {list(a.loc.shape)} vs {list(b.loc.shape)}): runs of "
+                         f"another model or input size")
     tolerances = tolerances or Tolerances.load()
     pair = pair or f"{a.meta.get('backend', a.name)}/{b.meta.get('backend', b.name)}"
     metrics = compare_runs(a.outputs(), b.outputs(), a.image_ids)

@@ -16,6 +16,7 @@ detections), so a variant can be compared over all of minival2014.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from m2det_impl._io import PathLike, read_json_object
+from m2det_impl._io import PathLike, read_json_object, reading_fields
 from m2det_impl.errors import InputFileError, UsageError
 from m2det_impl.evaluation.agreement import DetectionAgreement, agreement_totals, match_detections
 from m2det_impl.evaluation.metrics import OutputMetrics, compare_runs, worst_per_output
@@ -199,7 +200,23 @@ def _summary(folder: Path) -> dict:
     path = folder / "summary.json"
     if not path.is_file():
         return {}
-    return read_json_object(path, "run summary")
+    summary = read_json_object(path, "run summary")
+    # the fields compare_result_folders reads, each optional, of the type m2det run writes (checked here, at the
+    # file, so a damaged one is named rather than failing inside the comparison)
+    with reading_fields(path, "a run summary written by m2det run", "'identity' an object, 'ap' and "
+                                                                     "'images_per_second' finite numbers, "
+                                                                     "'num_images' a count, 'image_ids' integers"):
+        if not isinstance(summary.get("identity", {}), dict):
+            raise TypeError(f"'identity' is {type(summary['identity']).__name__}, not an object")
+        [int(i) for i in summary.get("image_ids") or []]
+        for key in ("ap", "images_per_second", "num_images"):
+            if key in summary and not (_is_number(summary[key]) and math.isfinite(summary[key])):
+                raise TypeError(f"{key!r} is {summary[key]!r}, not a finite number")
+    return summary
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def compare_result_folders(candidate: PathLike, reference: PathLike) -> VariantComparison:

@@ -33,7 +33,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from m2det_impl._io import PathLike, atomic_write_json, ensure_output_file, read_json_object
+from m2det_impl._io import PathLike, atomic_write_json, output_files, read_json_object, read_npz, reading_fields
 from m2det_impl.backends.registry import DEFAULT_RUNTIME, runtimes
 from m2det_impl.errors import InputFileError, UsageError
 from m2det_impl.gating.machine import machine_identity, platform_name
@@ -87,16 +87,16 @@ def _weights_label(tag: object, golden: object) -> str:
 def _add_run(folder: Path, figures: _Figures, workloads: Dict[str, dict]) -> None:
     path = folder / "summary.json" if folder.is_dir() else folder
     summary = read_json_object(path, "run summary (m2det run's summary.json)")
-    try:
+    with reading_fields(path, "a summary.json of m2det run", "'identity' with 'backend' and 'size', 'batch_size', "
+                                                             "'ap' and 'num_images'"):
         identity = summary["identity"]
         backend, batch, ap = identity["backend"], int(summary["batch_size"]), float(summary["ap"])
         workload = {"size": int(identity["size"]),
                     "weights": _weights_label(identity.get("weights"), summary.get("golden_weights")),
                     "images": int(summary["num_images"])}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputFileError(path, f"not a summary.json of m2det run (lacks {exc})") from None
-    if summary.get("skipped"):
-        raise InputFileError(path, f"{len(summary['skipped'])} image(s) were skipped: its AP is not comparable")
+        skipped = len(summary.get("skipped") or ())
+    if skipped:
+        raise InputFileError(path, f"{skipped} image(s) were skipped: its AP is not comparable")
     figures.add("ap", f"{backend}/bs{batch}", ap, str(path))
     workloads[str(path)] = workload
 
@@ -105,31 +105,40 @@ def _add_scored(name: str, path: Path, figures: _Figures) -> int:
     """``ap/<name>`` from any summary with ``ap`` and ``num_images`` (``m2det
     evaluate``'s, e.g. of a perfect network's outputs: weights play no part)."""
     summary = read_json_object(path, "summary (m2det evaluate's --summary)")
-    try:
+    with reading_fields(path, "an evaluation summary", "'ap' and 'num_images'"):
         ap, images = float(summary["ap"]), int(summary["num_images"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputFileError(path, f"not an evaluation summary (lacks {exc})") from None
-    if summary.get("skipped"):
-        raise InputFileError(path, f"{len(summary['skipped'])} image(s) were skipped: its AP is not comparable")
+        skipped = len(summary.get("skipped") or ())
+    if skipped:
+        raise InputFileError(path, f"{skipped} image(s) were skipped: its AP is not comparable")
     figures.add("ap", name, ap, str(path))
     return images
 
 
 # ------------------------------------------------------------------ bench
+def _rate(row: Mapping[str, object], path: Path) -> float:
+    """A row's ``images_per_second``; bench writes null for a figure it could not measure (an execute
+    time of zero), which is no figure to gate on: said so, rather than as a damaged file."""
+    value = row["images_per_second"]
+    if value is None:
+        raise InputFileError(path, f"batch {row.get('batch_size')}: images_per_second was not measured (null), so "
+                                   f"there is no figure to collect: bench again")
+    return float(value)  # type: ignore[arg-type]
+
+
 def _add_bench(path: Path, figures: _Figures, machine: Mapping[str, object]) -> dict:
     data = read_json_object(path, "bench file (m2det bench's bench.json)")
-    try:
+    with reading_fields(path, "a bench.json of m2det bench", "'backend', 'inference' rows with 'batch_size' and "
+                                                             "'images_per_second', and 'machine'"):
         backend = str(data["backend"])
         for row in data["inference"]:
-            figures.add("throughput", f"{backend}/bs{int(row['batch_size'])}", float(row["images_per_second"]), str(path))
+            figures.add("throughput", f"{backend}/bs{int(row['batch_size'])}", _rate(row, path), str(path))
         for row in data.get("end_to_end") or []:
-            figures.add("end_to_end", f"{backend}/bs{int(row['batch_size'])}", float(row["images_per_second"]),
-                        str(path))
+            figures.add("end_to_end", f"{backend}/bs{int(row['batch_size'])}", _rate(row, path), str(path))
         versus = data.get("versus")  # a second backend measured side by side (m2det bench --versus)
         if versus:
             for row in versus["inference"]:
-                figures.add("throughput", f"{versus['backend']}/bs{int(row['batch_size'])}",
-                            float(row["images_per_second"]), str(path))
+                figures.add("throughput", f"{versus['backend']}/bs{int(row['batch_size'])}", _rate(row, path),
+                            str(path))
         if data.get("host"):
             # one figure of the host, however many bench files measured it (one per static-batch .om): the best
             value = float(data["host"]["images_per_second"])
@@ -138,9 +147,7 @@ def _add_bench(path: Path, figures: _Figures, machine: Mapping[str, object]) -> 
                 figures.add("host_throughput", "host", value, str(path))
             else:
                 figures.values["host_throughput"]["host"] = max(previous, value)
-        measured_on = data.get("machine", {})
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputFileError(path, f"not a bench.json of m2det bench ({type(exc).__name__}: {exc})") from None
+        measured_on = dict(data.get("machine", {}))
     for key, bench_key in (("cpu", "cpu"), ("cores", "cores"), ("arch", "machine")):
         if bench_key in measured_on and measured_on[bench_key] != machine.get(key):
             raise InputFileError(path, f"measured on another machine ({bench_key} {measured_on[bench_key]!r}, "
@@ -177,9 +184,9 @@ def _golden_reference(count: int, golden_forward: Optional[PathLike]) -> Dict[st
         raise UsageError("saved runs of the golden images need the reference's outputs to compare with: give "
                          "--golden-forward fixtures/golden/forward_m2det512.npz (in a source checkout)")
     path = Path(golden_forward)
-    if not path.is_file():
-        raise InputFileError(path, "golden forward file not found")
-    with np.load(path) as data:
+    keys = [f"{kind}_{i}" for i in range(count) for kind in ("scores", "loc")]
+    data = read_npz(path, "golden forward file", keys)
+    with reading_fields(path, "the reference's golden forward file", "scores_I and loc_I arrays of one shape each"):
         return {"scores": np.stack([data[f"scores_{i}"] for i in range(count)]),
                 "loc": np.stack([data[f"loc_{i}"] for i in range(count)])}
 
@@ -310,9 +317,8 @@ def collect_results(runs: Sequence[PathLike] = (), bench: Sequence[PathLike] = (
 
 def collect_results_to(output: PathLike, **kwargs) -> Tuple[Path, dict]:
     """:func:`collect_results` (``kwargs``), written atomically to ``output``: ``(path, content)``.
-    A path that is a folder is refused first; the file's folder is made only once there is
-    something to write, so a collect that fails leaves no empty folder behind."""
-    if Path(output).is_dir():
-        ensure_output_file(output)  # raises: a folder, not a file to write
-    data = collect_results(**kwargs)
-    return atomic_write_json(ensure_output_file(output), data, indent=2), data
+    The output is checked writable (and not a folder) before anything is read, and a collect that
+    fails leaves no new empty folder behind."""
+    with output_files(output) as (out,):
+        data = collect_results(**kwargs)
+        return atomic_write_json(out, data, indent=2), data

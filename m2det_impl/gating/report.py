@@ -7,6 +7,7 @@ reader can see at a glance whether the boxes land on objects.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -20,8 +21,9 @@ from m2det_impl._io import (
     ensure_output_folder,
     read_json,
     read_json_object,
+    reading_fields,
 )
-from m2det_impl.errors import InputFileError
+from m2det_impl.errors import InputFileError, UsageError
 from m2det_impl.network.config import M2DetConfig
 from m2det_impl.published import PUBLISHED_AP, PUBLISHED_THROUGHPUT
 
@@ -240,19 +242,34 @@ def write_run_report(out: Path, summary: dict, cfg: M2DetConfig, records, result
     return paths
 
 
+def _read_rendered(path: Path, what: str, render, expected: str) -> dict:
+    """A JSON object the report renders (``render(data)``) and copies into report.json, checked by doing
+    both at reading: a field missing or of the wrong type, an unknown kind or a NaN is an
+    :class:`InputFileError` naming the file, before any folder is made."""
+    data = read_json_object(path, what)
+    try:
+        with reading_fields(path, f"a {what}", expected):
+            render(data)
+            json.dumps(data, allow_nan=False)  # report.json is strict JSON
+    except UsageError as exc:  # the renderer's own refusal (an unknown kind) names no file
+        raise InputFileError(path, str(exc)) from None
+    return data
+
+
 def _read_bench(path: Path) -> dict:
-    """A bench.json of ``m2det bench``, or an :class:`InputFileError` naming the file and what it lacks
-    (checked by rendering it, so every field the report shows is there)."""
+    """A bench.json of ``m2det bench`` (every field the report shows is there)."""
     from m2det_impl.gating.bench_report import bench_markdown
 
-    data = read_json_object(path, "bench file (m2det bench's bench.json)")
-    try:
-        bench_markdown(data)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        lacks = f"lacks {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
-        raise InputFileError(path, f"not a bench.json written by m2det bench ({lacks}; expected 'backend', "
-                                   f"'size', 'machine' and 'inference' rows with 'batch_size')") from None
-    return data
+    return _read_rendered(path, "bench.json written by m2det bench", bench_markdown,
+                          "'backend', 'size', 'machine' and 'inference' rows with 'batch_size'")
+
+
+def _read_comparison(path: Path) -> dict:
+    """A compare.json of ``m2det compare`` (every field its section shows is there)."""
+    from m2det_impl.evaluation.variants import section_markdown
+
+    return _read_rendered(path, "compare.json written by m2det compare", section_markdown,
+                          "'kind' and the fields m2det compare writes for it")
 
 
 def write_conformance_report(runs: Sequence[Path], output: Optional[Path] = None,
@@ -263,10 +280,12 @@ def write_conformance_report(runs: Sequence[Path], output: Optional[Path] = None
     summaries = [read_json(r / "summary.json", "run summary (summary.json)") for r in runs]
     for r, s in zip(runs, summaries):
         if not (isinstance(s, dict) and isinstance(s.get("ap"), (int, float)) and not isinstance(s["ap"], bool)
-                and isinstance(s.get("identity", {}), dict)):
+                and math.isfinite(s["ap"]) and isinstance(s.get("identity", {}), dict)):
             raise InputFileError(r / "summary.json", "not a run summary written by m2det run (needs a number 'ap')")
+        with reading_fields(r / "summary.json", "a run summary written by m2det run"):
+            json.dumps(s, allow_nan=False)  # report.json is strict JSON
     bench_data = _read_bench(Path(bench)) if bench else None
-    variants = [read_json(Path(c), "comparison (compare.json)") for c in compare]
+    variants = [_read_comparison(Path(c)) for c in compare]
     out = ensure_output_folder(output if output else runs[0])  # after the (cheap) reading: a bad input leaves no folder
     png = "detections.png" if (out / "detections.png").exists() else None
     text = _report_markdown(summaries, bench_data, png, [str(r) for r in runs])

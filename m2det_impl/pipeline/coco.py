@@ -239,6 +239,9 @@ def load_results(path: PathLike) -> List[Dict[str, Any]]:
     data = read_json(path, "results file")
     if not isinstance(data, list):
         raise InputFileError(path, f"a COCO results file holds a JSON list, got {type(data).__name__}")
+    problem = _results_problem(data)  # every reader of the file gets checked entries, not only COCOeval
+    if problem is not None:
+        raise InputFileError(path, problem)
     return data
 
 

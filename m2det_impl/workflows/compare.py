@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-from m2det_impl._io import PathLike, atomic_write_text, ensure_output_folder
+from m2det_impl._io import PathLike, atomic_write_text, ensure_output_folder, output_folder
 from m2det_impl.backends.registry import runtime_for_precision
 from m2det_impl.backends.spec import ModelSpec
 from m2det_impl.errors import UsageError
@@ -46,11 +46,10 @@ def compare_two_runs(candidate: PathLike, reference: PathLike, cfg: M2DetConfig,
     if a.is_dir() or b.is_dir():
         from m2det_impl.evaluation.variants import compare_result_folders, comparison_markdown, write_comparison
 
-        folder = ensure_output_folder(out) if out else None
-        data = compare_result_folders(a, b).as_dict()
+        data = compare_result_folders(a, b).as_dict()  # reading the folders is cheap: a bad one leaves no output folder
         logger.log(RESULT, comparison_markdown(data).rstrip("\n"))
-        if folder is not None:
-            write_comparison(folder, data)
+        if out:
+            write_comparison(ensure_output_folder(out), data)
         return _gate(data, max_ap_drop)
     from m2det_impl.evaluation.tolerances import DEFAULT_TOLERANCES_FILE, Tolerances, compare_saved, load_run
 
@@ -87,18 +86,18 @@ def compare_precision(kind: str, dataset: Dataset, cfg: M2DetConfig, model: Mode
         from m2det_impl.network.export import OUTPUT_NAMES
 
         check_onnx_model(model.onnx, cfg, batch_one="the fp16 forecast runs", outputs=OUTPUT_NAMES)
-    folder = ensure_output_folder(out)
-    categories = category_ids_for(dataset.annotations, cfg) if dataset.annotations else None
-    if kind == "fp16":
-        data = _forecast_fp16(dataset, cfg, model, categories, precision_mode, keep_fp32, layers, first, progress)
-    else:
-        data = _variant_against_reference(kind, dataset, cfg, model, categories, int8_onnx, progress)
-    write_comparison(folder, data)
-    over = data.get("first_over_threshold") or []
-    if over:
-        cfg_path = atomic_write_text(folder / "keep_dtype.cfg", keep_dtype_lines(d["name"] for d in over))
-        logger.info(f"{cfg_path}: the first layers over the thresholds; build with atc --keep_dtype={cfg_path} to keep "
-            "them in float32, or forecast that first with --keep-fp32 NAME")
+    with output_folder(out) as folder:  # a model or image refused on loading leaves no new empty folder
+        categories = category_ids_for(dataset.annotations, cfg) if dataset.annotations else None
+        if kind == "fp16":
+            data = _forecast_fp16(dataset, cfg, model, categories, precision_mode, keep_fp32, layers, first, progress)
+        else:
+            data = _variant_against_reference(kind, dataset, cfg, model, categories, int8_onnx, progress)
+        write_comparison(folder, data)
+        over = data.get("first_over_threshold") or []
+        if over:
+            cfg_path = atomic_write_text(folder / "keep_dtype.cfg", keep_dtype_lines(d["name"] for d in over))
+            logger.info(f"{cfg_path}: the first layers over the thresholds; build with atc --keep_dtype={cfg_path} to keep "
+                "them in float32, or forecast that first with --keep-fp32 NAME")
     logger.log(RESULT, section_markdown(data).rstrip("\n"))
     return _gate(data, max_ap_drop)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from m2det_impl._io import PathLike, atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_output_folder
+from m2det_impl._io import PathLike, atomic_write_bytes, atomic_write_json, atomic_write_text, output_folder
 from m2det_impl.errors import InputFileError
 from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 
@@ -70,33 +70,35 @@ def drift(onnx_path: PathLike, input_bin: PathLike, dump: PathLike, output: Path
     )
 
     start = time.perf_counter()
-    folder = ensure_output_folder(output)
-    bounds = DriftBounds.load(bounds_file) if bounds_file else DriftBounds.load()
-    model_path = Path(onnx_path)
-    model = _load_model(model_path)
-    try:
-        _, shape = model_input(model)
-    except ValueError as exc:
-        raise InputFileError(model_path, str(exc)) from None
-    image = read_input(input_bin, shape)
-    device = runtime_with_dumps()
-    files, dumps = device.read_dumps(Path(dump))
-    fusion = device.read_fusion_map(Path(om_json)) if om_json else None
-    matches, unmatched = align(dumps, model, fusion)
-    logger.debug("%d dump files, %d outputs aligned, %d not", len(files), len(matches), len(unmatched))
-    for match in matches:  # a tensor that cannot be converted is refused before the forward passes
-        match.dump.check()
-    if matches:
-        if reference is None:
-            reference = reference_run(model, image, [m.tensor for m in matches], precision_mode, threads=threads)
-        del model
-        report = measure_drift(matches, reference, unmatched, bounds)
-    else:
-        report = DriftReport([], list(unmatched), bounds, precision_mode)
-    report.sources = {"onnx": str(model_path), "input": str(input_bin), "dump": str(dump),
-                      "om_json": None if om_json is None else str(om_json), "dump_files": len(files)}
-    report.seconds = time.perf_counter() - start
-    json_path = atomic_write_json(folder / "drift.json", report.as_dict(), indent=1)
-    png_path = atomic_write_bytes(folder / "drift.png", drift_png(report))
-    md_path = atomic_write_text(folder / "drift.md", drift_markdown(report, png_path.name))
-    return DriftOutcome(report, json_path, md_path, png_path, EXIT_OK if report.passed else EXIT_GATE_FAILED)
+    with output_folder(output) as folder:  # an input refused at reading leaves no new empty folder
+        bounds = DriftBounds.load(bounds_file) if bounds_file else DriftBounds.load()
+        model_path = Path(onnx_path)
+        model = _load_model(model_path)
+        try:
+            _, shape = model_input(model)
+        except ValueError as exc:
+            raise InputFileError(model_path, str(exc)) from None
+        image = read_input(input_bin, shape)
+        device = runtime_with_dumps()
+        files, dumps = device.read_dumps(Path(dump))
+        fusion = device.read_fusion_map(Path(om_json)) if om_json else None
+        matches, unmatched = align(dumps, model, fusion)
+        logger.debug("%d dump files, %d outputs aligned, %d not", len(files), len(matches), len(unmatched))
+        for match in matches:  # a tensor that cannot be converted is refused before the forward passes
+            match.dump.check()
+        if matches:
+            if reference is None:
+                reference = reference_run(model, image, [m.tensor for m in matches], precision_mode, threads=threads)
+            del model
+            report = measure_drift(matches, reference, unmatched, bounds)
+        else:
+            report = DriftReport([], list(unmatched), bounds, precision_mode)
+        report.sources = {"onnx": str(model_path), "input": str(input_bin), "dump": str(dump),
+                          "om_json": None if om_json is None else str(om_json), "dump_files": len(files)}
+        report.seconds = time.perf_counter() - start
+        json_path = atomic_write_json(folder / "drift.json", report.as_dict(), indent=1)
+        png_path = atomic_write_bytes(folder / "drift.png", drift_png(report))
+        md_path = atomic_write_text(folder / "drift.md", drift_markdown(report, png_path.name))
+        return DriftOutcome(report, json_path, md_path, png_path, EXIT_OK if report.passed else EXIT_GATE_FAILED)
+
+

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from m2det_impl._io import PathLike, atomic_write_json, ensure_output_file
+from m2det_impl._io import PathLike, atomic_write_json, output_files
 from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 from m2det_impl.gating.gates import min_ap_gate
 from m2det_impl.logs import RESULT, get_logger
@@ -41,9 +41,9 @@ def evaluate_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetConfig,
     cannot be known), unless ``allow_partial``, which the summary records."""
     from m2det_impl.pipeline.evaluate import name_some, results_from_outputs, score_results
 
-    results, summary = ensure_output_file(results), ensure_output_file(summary)  # before any work
-    scored = results_from_outputs(outputs, annotations, cfg, image_info=image_info, skip_bad=skip_bad,
-                                  progress=progress)
+    with output_files(results, summary) as (results, summary):  # before any work; gone again if reading fails
+        scored = results_from_outputs(outputs, annotations, cfg, image_info=image_info, skip_bad=skip_bad,
+                                      progress=progress)
     for stem, reason in scored.skipped.items():
         logger.info(f"not scored {stem}: {reason}")
     results_path = atomic_write_json(results, scored.results)
@@ -78,21 +78,21 @@ def merge_shards(shards: Sequence[PathLike], results: PathLike, summary: PathLik
     from m2det_impl.pipeline.evaluate import score_results
     from m2det_impl.pipeline.shards import merge_shard_files
 
-    results, summary = ensure_output_file(results), ensure_output_file(summary)
     if annotations is None and min_ap is not None:
         verdict = min_ap_gate(None, min_ap, "no AP can be measured without --annotations")
         logger.info(verdict.message)
         return verdict.code
-    files: List[Path] = []
-    for given in shards:
-        path = Path(given)
-        files.extend(sorted(path.glob("results.shard-*-of-*.json")) if path.is_dir() else [path])
-    expected = None
-    if annotations is not None and not partial:
-        expected = [r.image_id for r in annotation_images(annotations).values()]
-        if limit:
-            expected = sorted(expected)[:limit]
-    merged, image_ids, skipped = merge_shard_files(files, expected)
+    with output_files(results, summary) as (results, summary):  # before any work; gone again if reading fails
+        files: List[Path] = []
+        for given in shards:
+            path = Path(given)
+            files.extend(sorted(path.glob("results.shard-*-of-*.json")) if path.is_dir() else [path])
+        expected = None
+        if annotations is not None and not partial:
+            expected = [r.image_id for r in annotation_images(annotations).values()]
+            if limit:
+                expected = sorted(expected)[:limit]
+        merged, image_ids, skipped = merge_shard_files(files, expected)
     results_path = atomic_write_json(results, merged)
     logger.log(RESULT, f"merged {len(files)} shards: {len(image_ids)} images, {len(merged)} detections -> {results_path}")
     if annotations is None:

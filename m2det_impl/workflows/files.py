@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from m2det_impl._io import PathLike, atomic_link_or_copy, ensure_output_folder
+from m2det_impl._io import PathLike, atomic_link_or_copy, ensure_output_folder, output_folder
 from m2det_impl.backends.registry import runtimes
 from m2det_impl.backends.spec import ModelSpec, warn_golden
 from m2det_impl.errors import CheckpointError, InputFileError, UsageError
@@ -51,27 +51,28 @@ def export(cfg: M2DetConfig, out_dir: PathLike, *, weights: Optional[PathLike] =
     if dynamic_batches and batches:
         raise UsageError("--dynamic-batch-sizes builds one dynamic-batch .om from the dynamic export; --batch "
                          "makes static exports: give one or the other")
-    out_dir = ensure_output_folder(out_dir).resolve()
-    if weights is None:
-        warn_golden()
-    loaded: list = []
+    with output_folder(out_dir) as made:  # a checkpoint refused at reading leaves no new empty folder
+        out_dir = made.resolve()
+        if weights is None:
+            warn_golden()
+        loaded: list = []
 
-    def model():  # loaded once, and only if some batch is not cached yet
-        if not loaded:
-            loaded.append(load_model(cfg, weights))
-        return loaded[0]
+        def model():  # loaded once, and only if some batch is not cached yet
+            if not loaded:
+                loaded.append(load_model(cfg, weights))
+            return loaded[0]
 
-    files: Dict[Optional[int], Path] = {}
-    for batch in list(batches) or [None]:
-        path = out_dir / (f"m2det{cfg.size}" + ("" if batch is None else f"_bs{batch}") + ".onnx")
-        record = cached_export(cfg, weights, batch, opset, model_factory=model)
-        linked = atomic_link_or_copy(record.path, path)
-        files[batch] = path
-        kind = "dynamic batch" if batch is None else f"static batch {batch}"
-        how = "from the export cache" if record.reused else "exported"
-        share = "a hard link to the cached file: one copy on disk" if linked else "a copy of the cached file"
-        logger.log(RESULT, f"{path}: {kind}, {path.stat().st_size / 1e6:.1f} MB ({how}, {share}; the export "
-                           f"took {record.seconds:.1f} s)")
+        files: Dict[Optional[int], Path] = {}
+        for batch in list(batches) or [None]:
+            path = out_dir / (f"m2det{cfg.size}" + ("" if batch is None else f"_bs{batch}") + ".onnx")
+            record = cached_export(cfg, weights, batch, opset, model_factory=model)
+            linked = atomic_link_or_copy(record.path, path)
+            files[batch] = path
+            kind = "dynamic batch" if batch is None else f"static batch {batch}"
+            how = "from the export cache" if record.reused else "exported"
+            share = "a hard link to the cached file: one copy on disk" if linked else "a copy of the cached file"
+            logger.log(RESULT, f"{path}: {kind}, {path.stat().st_size / 1e6:.1f} MB ({how}, {share}; the export "
+                               f"took {record.seconds:.1f} s)")
     for entry in runtimes().values():  # each runtime's build step beside the ONNX files (atc's census and script)
         if entry.after_export is not None:
             for line in entry.after_export(files, out_dir, soc_version=soc_version, size=cfg.size,
@@ -88,12 +89,13 @@ def export_int8(cfg: M2DetConfig, out_dir: PathLike, *, weights: Optional[PathLi
     from m2det_impl.backends.registry import runtime_for_precision
 
     check_model_file(weights, "checkpoint file", CheckpointError)
-    out_dir = ensure_output_folder(out_dir).resolve()
-    if weights is None:
-        warn_golden()
     variant = runtime_for_precision("int8")
-    path, lines = variant.export_model(cfg, out_dir, weights=weights, calib=calib, calib_images=calib_images,
-                                       progress=progress)
+    ModelSpec(backend=variant.name, weights=weights, calib=calib, calib_images=calib_images).preflight(cfg)
+    with output_folder(out_dir) as folder:
+        if weights is None:
+            warn_golden()
+        path, lines = variant.export_model(cfg, folder.resolve(), weights=weights, calib=calib,
+                                           calib_images=calib_images, progress=progress)
     for line in lines:
         logger.log(RESULT, line)
     return path
@@ -112,40 +114,40 @@ def preprocess(dataset: Dataset, cfg: M2DetConfig, output: PathLike, *, info_nam
 
     from m2det_impl.pipeline.preprocess import InfoEntry, jpg_info_entries, load_and_preprocess, write_bin, write_info
 
-    out = ensure_output_folder(output)
-    records = dataset.records
+    with output_folder(output) as out:  # one unreadable image: no .bin left, nor a new empty folder
+        records = dataset.records
 
-    written: List[Path] = []
+        written: List[Path] = []
 
-    def work(record):
+        def work(record):
+            try:
+                tensor, size = load_and_preprocess(record.path, cfg)
+            except InputFileError as exc:
+                if not skip_bad:
+                    raise
+                return record, None, str(exc)
+            path = write_bin(out / f"{record.stem}.bin", tensor[None])
+            written.append(path)
+            return record, (path, size), None
+
         try:
-            tensor, size = load_and_preprocess(record.path, cfg)
-        except InputFileError as exc:
-            if not skip_bad:
-                raise
-            return record, None, str(exc)
-        path = write_bin(out / f"{record.stem}.bin", tensor[None])
-        written.append(path)
-        return record, (path, size), None
-
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            outcomes = list(tqdm(pool.map(work, records), total=len(records), unit="img", desc="m2det preprocess",
-                                 disable=not progress))
-    except BaseException:
-        for path in written:  # no .bin without its info files
-            path.unlink(missing_ok=True)
-        raise
-    done = [(record, result) for record, result, _ in outcomes if result is not None]
-    for record, _, reason in outcomes:
-        if reason is not None:
-            logger.warning(f"skipped {record.path}: {reason}")
-    bin_entries = [InfoEntry(i, str(path), cfg.size, cfg.size) for i, (_, (path, _)) in enumerate(done)]
-    write_info(out / f"{info_name}_bin.info", bin_entries)
-    write_info(out / f"{info_name}_jpg.info", jpg_info_entries([r.path for r, _ in done], [s for _, (_, s) in done]))
-    skipped = len(outcomes) - len(done)
-    logger.log(RESULT, f"{len(done)} .bin files" + (f" ({skipped} unreadable image(s) skipped)" if skipped else "")
-               + f" and {info_name}_bin.info, {info_name}_jpg.info -> {out}")
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                outcomes = list(tqdm(pool.map(work, records), total=len(records), unit="img", desc="m2det preprocess",
+                                     disable=not progress))
+        except BaseException:
+            for path in written:  # no .bin without its info files
+                path.unlink(missing_ok=True)
+            raise
+        done = [(record, result) for record, result, _ in outcomes if result is not None]
+        for record, _, reason in outcomes:
+            if reason is not None:
+                logger.warning(f"skipped {record.path}: {reason}")
+        bin_entries = [InfoEntry(i, str(path), cfg.size, cfg.size) for i, (_, (path, _)) in enumerate(done)]
+        write_info(out / f"{info_name}_bin.info", bin_entries)
+        write_info(out / f"{info_name}_jpg.info", jpg_info_entries([r.path for r, _ in done], [s for _, (_, s) in done]))
+        skipped = len(outcomes) - len(done)
+        logger.log(RESULT, f"{len(done)} .bin files" + (f" ({skipped} unreadable image(s) skipped)" if skipped else "")
+                   + f" and {info_name}_bin.info, {info_name}_jpg.info -> {out}")
     return EXIT_OK
 
 
@@ -179,7 +181,7 @@ def _check_npy_inputs(files: Sequence[Path], cfg: M2DetConfig) -> None:
             continue
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
             raise InputFileError(path, f"cannot read input .npy file ({getattr(exc, 'strerror', None) or exc})") \
                 from None
         if array.dtype != np.float32 or tuple(array.shape) not in ((1, 3, cfg.size, cfg.size), (3, cfg.size, cfg.size)):

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from m2det_impl._io import PathLike, atomic_write_json, ensure_output_folder
+from m2det_impl._io import PathLike, atomic_write_json, ensure_output_folder, output_folder
 from m2det_impl.backends.spec import ModelSpec
 from m2det_impl.errors import UsageError
 from m2det_impl.exit_codes import EXIT_OK
@@ -126,31 +126,25 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     parsed = parse_shard(shard) if shard else None
     if parsed:
         records = select_shard(records, *parsed)
-    created = not Path(out).exists()
-    out = ensure_output_folder(out)
-    try:
-        return _run_in(out, dataset, records, annotations, cfg, model, parsed, shard, batch_size=batch_size,
-                       fresh=fresh, skip_bad=skip_bad, loader_threads=loader_threads, host=host, report=report,
-                       min_ap=min_ap, progress=progress)
-    except Exception:
-        _discard_if_unused(out, created)
-        raise
+    with output_folder(out) as out:  # a new folder the failing run left empty goes again
+        try:
+            return _run_in(out, dataset, records, annotations, cfg, model, parsed, shard, batch_size=batch_size,
+                           fresh=fresh, skip_bad=skip_bad, loader_threads=loader_threads, host=host, report=report,
+                           min_ap=min_ap, progress=progress)
+        except Exception:
+            _discard_unused_journals(out)
+            raise
 
 
-def _discard_if_unused(out: Path, created: bool) -> None:
-    """After a failure: header-only journals (no image finished) go, and the folder too when this
-    run created it and nothing else is left in it, so a failed command leaves nothing empty behind."""
+def _discard_unused_journals(out: Path) -> None:
+    """After a failure: header-only journals (no image finished) go, so that :func:`output_folder` can
+    take away the folder too when this run created it and nothing else is left in it."""
     for journal in out.glob(".partial.*.jsonl"):
         try:
             with open(journal, "rb") as handle:
                 lines = sum(1 for line in handle if line.strip())
             if lines <= 1:
                 journal.unlink()
-        except OSError:
-            pass
-    if created:
-        try:
-            out.rmdir()  # only when empty
         except OSError:
             pass
 

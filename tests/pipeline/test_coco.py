@@ -123,7 +123,8 @@ def test_write_results_round_trip_and_replace(tmp_path):
 
 def test_write_results_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "results.json"
-    write_results(path, [{"image_id": 1}])
+    first = [{"image_id": 1, "category_id": 1, "bbox": [0.0, 0.0, 1.0, 1.0], "score": 0.5}]  # load_results checks them
+    write_results(path, first)
 
     def broken_replace(src, dst):
         raise OSError("disk gone")
@@ -132,7 +133,7 @@ def test_write_results_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk gone"):
         write_results(path, [{"image_id": 2}])
     monkeypatch.undo()
-    assert load_results(path) == [{"image_id": 1}]  # old content intact
+    assert load_results(path) == first  # old content intact
     assert sorted(os.listdir(tmp_path)) == ["results.json"]  # temp file cleaned up
 
 

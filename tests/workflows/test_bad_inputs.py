@@ -34,7 +34,7 @@ def test_preprocess_stops_on_a_corrupt_image_and_leaves_no_bin_behind(images, tm
     assert main(["preprocess", "--images", str(folder), "--output", str(out), "--quiet"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0]
-    assert sorted(p.name for p in out.glob("*.bin")) == []  # no input without its info files
+    assert not out.exists()  # no input without its info files, and no empty folder either
 
 
 def test_preprocess_skip_bad_names_it_and_writes_the_rest_with_their_info_files(images, tmp_path, capsys):
@@ -124,3 +124,36 @@ def test_a_collect_that_fails_leaves_no_folder_behind(tmp_path, capsys):
     (tmp_path / "folder").mkdir()
     assert main(["collect", "--run", str(tmp_path / "absent-run"), "--output", str(tmp_path / "folder")]) != EXIT_OK
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_an_output_folder_made_for_a_job_that_fails_goes_again_unless_it_holds_something(tmp_path):
+    """What every folder-writing command stands on: the folders the job made are removed while empty
+    (deepest first, never one that was there before), and a folder holding a file is kept."""
+    from m2det_impl._io import output_folder
+
+    (tmp_path / "there").mkdir()
+    with pytest.raises(ValueError):
+        with output_folder(tmp_path / "there" / "a" / "b") as out:
+            assert out.is_dir()
+            raise ValueError("a bad input found late")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there"] and not any((tmp_path / "there").iterdir())
+    with pytest.raises(KeyboardInterrupt):
+        with output_folder(tmp_path / "kept" / "b") as out:
+            (out / "journal.jsonl").write_text("{}\n")  # something computed: never lost
+            raise KeyboardInterrupt
+    assert (tmp_path / "kept" / "b" / "journal.jsonl").is_file()
+    with output_folder(tmp_path / "ok") as out:
+        pass
+    assert out.is_dir()  # a job that succeeds keeps its (even empty) folder
+
+
+def test_export_with_a_rejected_checkpoint_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """The second trial: ``export`` with a checkpoint it refuses made its output folder first."""
+    monkeypatch.setenv("M2DET_CACHE_DIR", str(tmp_path / "cache"))
+    weights = tmp_path / "notes.pth"
+    weights.write_text("not a checkpoint\n")
+    out = tmp_path / "new" / "models"
+    assert main(["export", "--weights", str(weights), "--output", str(out)]) == EXIT_BAD_INPUT
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and str(weights) in err[0], err
+    assert not (tmp_path / "new").exists()

@@ -48,6 +48,15 @@ def _int8_identity(spec):
                             "images": spec.calib_images}}
 
 
+def _int8_preflight(spec) -> None:
+    """The calibration images a quantization will need are there (a stat and a listing), before an output
+    folder, a golden-weights warning or an export: a typo in --calib fails first, in one line."""
+    if spec.onnx is None:
+        from .int8 import DEFAULT_CALIBRATION_IMAGES, calibration_files
+
+        calibration_files(spec.calib, spec.calib_images or DEFAULT_CALIBRATION_IMAGES)
+
+
 def _describe_int8(path: str):
     from .int8 import describe_int8
 
@@ -107,7 +116,7 @@ ONNXRUNTIME_INT8 = register(Runtime(
     build=_build_int8, install_hint=INSTALL_HINTS["CPUExecutionProvider"],
     module="onnxruntime", distributions=("onnxruntime",), provider="CPUExecutionProvider",
     identity=_int8_identity, precision="int8", reference="onnxruntime", describe_model=_describe_int8,
-    export_model=_export_int8,
+    export_model=_export_int8, preflight=_int8_preflight,
 ))
 ONNXRUNTIME_CANN = register(Runtime(
     name="onnxruntime-cann", device="npu",

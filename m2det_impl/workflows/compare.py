@@ -86,6 +86,9 @@ def compare_precision(kind: str, dataset: Dataset, cfg: M2DetConfig, model: Mode
         from m2det_impl.network.export import OUTPUT_NAMES
 
         check_onnx_model(model.onnx, cfg, batch_one="the fp16 forecast runs", outputs=OUTPUT_NAMES)
+    from m2det_impl.workflows.files import readable_images
+
+    readable_images([r.path for r in dataset.records], skip_bad=False, can_skip=False)  # before any model is built
     with output_folder(out) as folder:  # a model or image refused on loading leaves no new empty folder
         categories = category_ids_for(dataset.annotations, cfg) if dataset.annotations else None
         if kind == "fp16":

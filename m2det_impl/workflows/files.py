@@ -202,9 +202,10 @@ def _read_input(path: Path, cfg: M2DetConfig):
     return load_and_preprocess(path, cfg)[0][None]
 
 
-def _readable_images(files: Sequence[Path], skip_bad: bool) -> List[Path]:
+def readable_images(files: Sequence[Path], skip_bad: bool, *, can_skip: bool = True) -> List[Path]:
     """The inputs, each image decoded once first: an unreadable image stops the job before anything is
-    written, or (``skip_bad``) is named and left out."""
+    written (or a model is built), or (``skip_bad``) is named and left out. ``can_skip``: the command
+    has ``--skip-bad`` to suggest."""
     from m2det_impl.pipeline.preprocess import load_image
 
     kept = []
@@ -214,8 +215,8 @@ def _readable_images(files: Sequence[Path], skip_bad: bool) -> List[Path]:
                 load_image(path)
             except InputFileError as exc:
                 if not skip_bad:
-                    raise InputFileError(path, f"{_reason(exc)} (use --skip-bad to leave unreadable images out "
-                                               "and go on)") from None
+                    hint = " (use --skip-bad to leave unreadable images out and go on)" if can_skip else ""
+                    raise InputFileError(path, _reason(exc) + hint) from None
                 logger.warning(f"skipped {path}: {_reason(exc)}")
                 continue
         kept.append(path)
@@ -302,7 +303,7 @@ def infer(inputs: PathLike, cfg: M2DetConfig, model: ModelSpec, output: PathLike
     model.preflight(cfg)
     check_bin_inputs([f for f in files if f.suffix.lower() == ".bin"], cfg)
     _check_npy_inputs(files, cfg)
-    files = _readable_images(files, skip_bad)
+    files = readable_images(files, skip_bad)
     if not files:
         raise InputFileError(inputs, "no readable input left (every image was unreadable)")
     out = Path(output)

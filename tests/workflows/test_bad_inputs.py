@@ -157,3 +157,22 @@ def test_export_with_a_rejected_checkpoint_leaves_no_folder(tmp_path, capsys, mo
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(err) == 1 and str(weights) in err[0], err
     assert not (tmp_path / "new").exists()
+
+
+def test_compare_emulate_names_a_corrupt_image_before_building_any_model(images, tmp_path, capsys, monkeypatch):
+    """The fp16 forecast built its sessions (seconds; an export on a fresh machine) and only then met a
+    corrupt image: every image is decoded first, and the one line is the whole of stderr."""
+    from m2det_impl.backends import cache
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built before the images were checked")
+
+    monkeypatch.setattr(cache, "cached_onnx", no_model)
+    folder, bad = images
+    out = tmp_path / "cmp"
+    code = main(["compare", "--emulate", "fp16", "--size", "320", "--images", str(folder), "--output", str(out),
+                 "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_BAD_INPUT and len(err) == 1 and str(bad) in err[0], (code, err)
+    assert "--skip-bad" not in err[0]  # compare has no such option to suggest
+    assert not out.exists()

@@ -8,6 +8,7 @@ because it runs inside ``pytest_report_header`` and result writers.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import platform
@@ -40,19 +41,33 @@ _LIBRARIES = (
 _RUNTIMES = (("ais_bench", "ais_bench", "ais_bench"), ("aclruntime", "aclruntime", "aclruntime"))
 
 
+def _distributions_of(module_name: str) -> List[str]:
+    """The installed distributions that provide ``module_name``. ``packages_distributions()`` reads the
+    file list of every installed distribution (half a second in a full environment), so it is read
+    once per process: what is installed does not change under a running job."""
+    return list(_packages_distributions().get(module_name, []))
+
+
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> Dict[str, List[str]]:
+    from importlib.metadata import packages_distributions
+
+    return packages_distributions()
+
+
 def distribution_version(module_name: str, *distributions: str) -> Optional[str]:
     """The installed version of a library: from package metadata
     (``importlib.metadata``; pycocotools, aclruntime and ais_bench have no
     ``__version__``), else the module's ``__version__``; ``None`` when it is
     not installed, ``"?"`` when it is but says no version."""
-    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+    from importlib.metadata import PackageNotFoundError, version
 
-    names = list(distributions) + list(packages_distributions().get(module_name, []))
-    for name in names:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            continue
+    for names in (distributions, None):  # the names given first; the scan of every distribution only if they miss
+        for name in names if names is not None else _distributions_of(module_name):
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                continue
     try:
         module = __import__(module_name)
     except Exception:  # noqa: BLE001 - absent or broken is the same here

@@ -12,6 +12,7 @@ import os
 import shlex
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 from onnx import TensorProto, helper
@@ -105,13 +106,22 @@ def test_atc_script_covers_the_guides_batch_sizes(tmp_path):
     assert os.path.exists(script)
 
 
-def test_atc_script_finds_its_models_beside_itself_from_any_folder(tmp_path, monkeypatch):
-    """Issue 20: the models/ folder copied to the 310P host must build there, run from any working directory.
-    A stand-in ``atc`` on PATH records the model and output it was given; the folder is moved after writing."""
+@pytest.mark.parametrize("kind", ["static", "dynamic"])
+def test_atc_script_finds_its_models_beside_itself_from_any_folder(tmp_path, monkeypatch, kind):
+    """Issue 20: the models/ folder copied to the 310P host must build there, run from any working directory
+    (the second trial: the dynamic-batch line named the models by absolute laptop paths). A stand-in
+    ``atc`` on PATH records the model and output it was given; the folder is moved after writing."""
+    from m2det_impl.backends.ascend.atc import write_build_files
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "m2det512_bs1.onnx").write_bytes(b"onnx")
-    write_atc_script("models/atc_build.sh", {1: "models/m2det512_bs1.onnx"}, batches=(1,))
+    name = "m2det512_bs1" if kind == "static" else "m2det512"
+    (tmp_path / "models" / f"{name}.onnx").write_bytes(b"onnx")
+    if kind == "static":
+        write_atc_script("models/atc_build.sh", {1: "models/m2det512_bs1.onnx"}, batches=(1,))
+    else:
+        monkeypatch.setattr("m2det_impl.backends.ascend.atc.atc_census", lambda path: _CleanCensus())
+        write_build_files({None: Path("models/m2det512.onnx")}, Path("models"), dynamic_batches=(1, 4))
     moved = tmp_path / "elsewhere" / "models copy"
     moved.parent.mkdir()
     (tmp_path / "models").rename(moved)
@@ -126,5 +136,17 @@ def test_atc_script_finds_its_models_beside_itself_from_any_folder(tmp_path, mon
                           env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, timeout=60)
     assert done.returncode == 0, done.stderr
     args = record.read_text().splitlines()
-    assert f"--model={moved / 'm2det512_bs1.onnx'}" in args
-    assert f"--output={moved / 'm2det512_bs1'}" in args
+    output = "m2det512_bs1" if kind == "static" else "m2det512_dynbs"
+    assert f"--model={moved / f'{name}.onnx'}" in args
+    assert f"--output={moved / output}" in args
+
+
+class _CleanCensus:
+    """A census with nothing to report (the file above is not a real ONNX model)."""
+
+    violations: tuple = ()
+    unsupported: tuple = ()
+    ok = True
+
+    def summary(self) -> str:
+        return "no Resize"

@@ -12,7 +12,7 @@ import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import onnx
 from onnx import helper
@@ -245,13 +245,7 @@ def write_atc_script(
     writes the ``.om`` files) relative to its own folder, so the folder copied
     to the 310P host works there, run from any working directory.
     """
-    script = Path(path)
-    folder = script.resolve().parent
-    lines = ["#!/usr/bin/env bash",
-             "# Builds one static-batch .om per batch size (m2det_impl.backends.ascend.atc).",
-             "# The models are found beside this script: copy the folder anywhere, run it from anywhere.",
-             "set -euo pipefail",
-             'HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"']
+    commands = []
     for b in batches:
         if isinstance(onnx_paths, Mapping):
             if b not in onnx_paths:
@@ -259,19 +253,29 @@ def write_atc_script(
             src = Path(onnx_paths[b])
         else:
             src = Path(onnx_paths)
-        argv = atc_argv(src, b, soc_version, size=size)
-        model = next(a for a in argv if a.startswith("--model="))
-        output = next(a for a in argv if a.startswith("--output="))
+        commands.append(atc_argv(src, b, soc_version, size=size))
+    return _write_travelling_script(path, commands, "Builds one static-batch .om per batch size")
+
+
+def _write_travelling_script(path: PathLike, commands: Sequence[Sequence[str]], what: str) -> Path:
+    """A bash script of ``atc`` command lines whose ``--model``/``--output`` are relative to the script's
+    own folder, so the script and its models travel together, whatever the working directory."""
+    folder = Path(path).resolve().parent
+    lines = ["#!/usr/bin/env bash",
+             f"# {what} (m2det_impl.backends.ascend.atc).",
+             "# The models are found beside this script: copy the folder anywhere, run it from anywhere.",
+             "set -euo pipefail",
+             'HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"']
+    for argv in commands:
         words = []
-        for a in argv:
-            if a is model:
-                words.append("--model=" + _from_script(src, folder))
-            elif a is output:
-                words.append("--output=" + _from_script(Path(a.split("=", 1)[1]), folder))
+        for word in argv:
+            key, sep, value = word.partition("=")
+            if sep and key in ("--model", "--output"):
+                words.append(f"{key}=" + _from_script(Path(value), folder))
             else:
-                words.append(shlex.quote(a))
+                words.append(shlex.quote(word))
         lines.append(" ".join(words))
-    out = atomic_write_text(script, "\n".join(lines) + "\n")
+    out = atomic_write_text(path, "\n".join(lines) + "\n")
     out.chmod(0o755)
     return out
 
@@ -298,15 +302,12 @@ def write_build_files(files: Mapping[Optional[int], Path], out_dir: Path, *, soc
     if dynamic and None not in files:
         raise UsageError("--dynamic-batch-sizes builds from the dynamic-batch export: drop --batch")
     if static or dynamic:
-        script = Path(out_dir) / "atc_build.sh"
-        if static:
-            write_atc_script(script, static, sorted(static), soc_version, size)
-        commands = script.read_text().rstrip("\n").splitlines() if static else [
-            "#!/usr/bin/env bash", "# Builds the .om files (m2det_impl.backends.ascend.atc).", "set -euo pipefail"]
+        commands = [atc_argv(static[b], b, soc_version, size=size) for b in sorted(static)]
         if dynamic:
-            commands.append(shlex.join(atc_dynamic_argv(Path(files[None]).resolve(), dynamic, soc_version, size=size)))
-        out = atomic_write_text(script, "\n".join(commands) + "\n")
-        out.chmod(0o755)
+            commands.append(atc_dynamic_argv(files[None], dynamic, soc_version, size=size))
+        out = _write_travelling_script(Path(out_dir) / "atc_build.sh", commands,
+                                       "Builds one static-batch .om per batch size" if not dynamic
+                                       else "Builds the .om files")
         lines.append(f"atc commands -> {out}:")
         lines.append(out.read_text().rstrip("\n"))
     else:

@@ -82,7 +82,7 @@ class PartialStore:
                 return
             handle.close()
             raise M2DetError(f"{self.path}: another m2det run is writing this journal right now (same output "
-                             "folder and shard); wait for it, or give this run another --out or --shard") from None
+                             "folder and shard); wait for it, or give this run another --output or --shard") from None
         self._lock_handle = handle
 
     def close(self) -> None:
@@ -149,7 +149,7 @@ class PartialStore:
                 self.path,
                 "partial results from a different run (" + ", ".join(
                     f"{k}: {header.get(k)!r} then, {self.identity.get(k)!r} now" for k in changed)
-                + "); use --fresh to start over or another --out folder",
+                + "); use --fresh to start over or another --output folder",
             )
         for lineno, line in enumerate(lines[1:], 2):
             try:

@@ -160,7 +160,9 @@ def _run_in(out, dataset, records, annotations, cfg, model, parsed, shard, *, ba
     identity = model.identity(cfg)
     earlier = _earlier_speed(out / "summary.json", identity)  # before this run rewrites the summary
     tag = f"shard-{parsed[0]}-of-{parsed[1]}" if parsed else "full"
-    store = PartialStore(out / f".partial.{tag}.jsonl", identity, fresh=fresh, lock=True)
+    # the batch too: the summary records one batch and one speed, so a resume at another batch is refused
+    journaled = {**identity, "batch_size": batch_size if batch_size is not None else "default"}
+    store = PartialStore(out / f".partial.{tag}.jsonl", journaled, fresh=fresh, lock=True)
     try:
         wanted = {r.image_id for r in records}
         finished = store.finished()

@@ -223,10 +223,16 @@ def test_run_resumes_without_redoing_or_duplicating(tmp_path, full_run, onnx_pat
     out = tmp_path / "resume"
     shutil.copytree(full_run, out)
     (out / "results.json").unlink()
-    assert _run(out, onnx_path, "--no-report") == EXIT_OK
+    assert _run(out, onnx_path, "--no-report", "--batch-size", "2") == EXIT_OK
     captured = capsys.readouterr()
     assert "3 of 3 images already done" in captured.err
     assert (out / "results.json").read_text() == (full_run / "results.json").read_text()
+    # the second trial: a resume at another batch recorded batch 2 beside the speed batch 1 had measured
+    summary = (out / "summary.json").read_text()
+    assert _run(out, onnx_path, "--no-report", "--batch-size", "1") == EXIT_ERROR
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "batch_size" in err[0] and "--fresh" in err[0], err
+    assert (out / "summary.json").read_text() == summary
 
 
 def test_shards_merge_to_the_unsharded_results(tmp_path, full_run, onnx_path):

@@ -18,11 +18,19 @@ logger = get_logger(__name__)
 
 
 
-def announce_and_gate(summary: dict, path: PathLike, min_ap: Optional[float]) -> int:
-    """Print a scored summary (the table, then the AP with the dataset it was
-    measured on) and apply ``--min-ap``; returns the exit code."""
+def announce(summary: dict, path: PathLike) -> None:
+    """Print a scored summary: the table, then the AP with the dataset it was measured on."""
     logger.log(RESULT, summary["table"].rstrip("\n"))
     logger.log(RESULT, f"AP@[.50:.95] = {summary['ap']:.4f} on {summary['dataset']} -> {path}")
+
+
+def announce_and_gate(summary: dict, path: PathLike, min_ap: Optional[float]) -> int:
+    """:func:`announce`, then apply ``--min-ap``; returns the exit code."""
+    announce(summary, path)
+    return _min_ap(summary, min_ap)
+
+
+def _min_ap(summary: dict, min_ap: Optional[float]) -> int:
     verdict = min_ap_gate(summary["ap"], min_ap)
     if verdict.message:
         logger.log(RESULT if verdict.passed else logging.ERROR, verdict.message)
@@ -52,7 +60,9 @@ def evaluate_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetConfig,
                          extra={"skipped": scored.skipped, "not_scored": len(scored.skipped),
                                 "listed": scored.listed, "listed_by": scored.listed_by,
                                 "allow_partial": allow_partial, "outputs": str(outputs)})
-    code = announce_and_gate(data, summary, min_ap)
+    announce(data, summary)
+    # a folder that may be partial fails the gate before its AP is held to --min-ap: one verdict, never
+    # "gate passed" on stdout and "GATE FAILED" on stderr
     if min_ap is not None and not scored.listed_by and not allow_partial:
         logger.error(f"GATE FAILED: nothing lists the inputs of {outputs} (no --image-info, no ais summary "
                      f"beside it), so whether every image has outputs cannot be checked; pass --image-info "
@@ -66,7 +76,7 @@ def evaluate_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetConfig,
                          f"--allow-partial to gate it anyway, counting them as misses)")
             return EXIT_GATE_FAILED
         logger.warning(f"WARNING: {message}; they count as misses")
-    return code
+    return _min_ap(data, min_ap)
 
 
 def merge_shards(shards: Sequence[PathLike], results: PathLike, summary: PathLike, *,

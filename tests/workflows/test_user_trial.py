@@ -204,8 +204,10 @@ def test_the_gate_fails_over_a_folder_missing_a_listed_image(tmp_path, ais_outpu
     for f in folder.glob(f"{stems[1]}_*"):
         f.unlink()
     assert _evaluate(tmp_path, out, annotations, "--min-ap", "0.0") == EXIT_GATE_FAILED
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert stems[1] in err and "1 image(s) not scored" in err
+    assert "gate passed" not in captured.out + err  # one verdict (the trial saw both, stdout and stderr)
     assert _evaluate(tmp_path, out, annotations, "--min-ap", "0.0", "--allow-partial") == EXIT_OK
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["allow_partial"] is True and summary["listed"] == 3 and list(summary["skipped"]) == [stems[1]]
@@ -395,8 +397,10 @@ def test_a_gate_over_a_folder_nothing_lists_fails_unless_partial_is_allowed(tmp_
     for summary in out.glob("*_summary.json"):
         summary.unlink()  # no ais summary, and no --image-info: nothing says which images were run
     assert _evaluate(tmp_path, out, annotations, "--min-ap", "0.0") == EXIT_GATE_FAILED
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert "nothing lists the inputs" in err and "--image-info" in err and "3 image(s) present" in err
+    assert "gate passed" not in captured.out + err
     assert _evaluate(tmp_path, out, annotations, "--min-ap", "0.0", "--allow-partial") == EXIT_OK
     assert json.loads((tmp_path / "summary.json").read_text())["allow_partial"] is True
     assert _evaluate(tmp_path, out, annotations) == EXIT_OK  # no gate asked for: scored as it is

@@ -45,6 +45,9 @@ __all__ = [
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("scores", "loc")
+#: The opsets the export is made at: from 11 (the guide's, what CANN's atc takes; below it the
+#: network's nearest upsampling does not export) to 20, the newest the TorchScript exporter writes.
+OPSETS = range(11, 21)
 
 
 # Ops whose constant inputs give a constant output; all integer bookkeeping.
@@ -56,6 +59,15 @@ _MAX_FOLDED_ELEMENTS = 4096  # never materialise a large tensor as a constant
 
 
 # ------------------------------------------------------------------ export
+def check_opset(opset: object) -> int:
+    """``opset`` as an int in :data:`OPSETS`, else a one-line :class:`UsageError` (not the exporter's
+    failure deep inside torch, with its whole graph printed)."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in OPSETS:
+        raise UsageError(f"--opset {opset}: M2Det exports at opsets {OPSETS.start} to {OPSETS[-1]} "
+                         f"({OPSETS.start} is the guide's, what CANN's atc takes)")
+    return opset
+
+
 def export_onnx(
     model,
     path: PathLike,
@@ -74,6 +86,7 @@ def export_onnx(
 
     if batch is not None and (isinstance(batch, bool) or int(batch) != batch or batch < 1):
         raise UsageError(f"batch must be None (dynamic) or a positive int, got {batch!r}")
+    opset = check_opset(opset)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(batch or 1, 3, cfg.size, cfg.size, dtype=torch.float32)

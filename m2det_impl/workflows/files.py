@@ -45,8 +45,10 @@ def export(cfg: M2DetConfig, out_dir: PathLike, *, weights: Optional[PathLike] =
     for the next run."""
     from m2det_impl.backends.cache import cached_export
     from m2det_impl.backends.preflight import check_model_file
+    from m2det_impl.network.export import check_opset
     from m2det_impl.network.model import load_model
 
+    check_opset(opset)
     check_model_file(weights, "checkpoint file", CheckpointError)
     if dynamic_batches and batches:
         raise UsageError("--dynamic-batch-sizes builds one dynamic-batch .om from the dynamic export; --batch "

@@ -176,3 +176,15 @@ def test_compare_emulate_names_a_corrupt_image_before_building_any_model(images,
     assert code == EXIT_BAD_INPUT and len(err) == 1 and str(bad) in err[0], (code, err)
     assert "--skip-bad" not in err[0]  # compare has no such option to suggest
     assert not out.exists()
+
+
+@pytest.mark.parametrize("opset", ["7", "10", "21"])
+def test_export_at_an_opset_it_cannot_make_is_refused_in_one_line(tmp_path, capsys, opset):
+    """The second trial: ``--opset 7`` was exit 3 after the exporter failed inside torch, with 320 kB of
+    its graph on stdout and an empty folder left."""
+    out = tmp_path / "models"
+    assert main(["export", "--batch", "1", "--opset", opset, "--output", str(out)]) == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert f"--opset {opset}" in captured.err and "11 to 20" in captured.err
+    assert not out.exists()

@@ -57,8 +57,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command is None:
-        # `m2det` alone: the main job on the embedded default.
-        args = parser.parse_args(["run", *argv])
+        # `m2det` alone is a question, not a request for a job that may export 530 MB and run for minutes
+        parser.print_usage(sys.stderr)
+        log("m2det: error: give a command, e.g. `m2det run` (the whole pipeline on the bundled images); "
+            "`m2det --help` lists them")
+        return EXIT_BAD_INPUT
     try:
         with _console_logging(verbose=getattr(args, "verbose", False)):
             return int(args.func(args) or 0)

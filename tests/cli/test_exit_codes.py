@@ -59,6 +59,17 @@ def test_bad_usage_is_two(tmp_path, capsys):
     assert "shard '3/2': need 0 <= I < N" in capsys.readouterr().err
 
 
+def test_m2det_alone_asks_for_a_command_and_runs_nothing(monkeypatch, tmp_path, capsys):
+    """The second trial: ``m2det`` with no command ran the whole pipeline (exit 0, results rewritten
+    in ./m2det-run). It is a usage error now, and no command is called."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(commands.COMMANDS, "run", _raising(AssertionError("run was called")))
+    assert main([]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("usage: m2det") and "give a command, e.g. `m2det run`" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def _raising(exc):
     def command(args):
         raise exc

@@ -92,7 +92,7 @@ class ModelSpec:
     def golden_numbers(self, record: Dict[str, object]) -> bool:
         """Whether golden weights produced the numbers that ``record`` (:meth:`weights_record`) describes: none
         given, or a cached export made from them (what the run summary's ``golden_weights`` says)."""
-        return self.golden or str(record.get("exported_from", "")).startswith("golden")
+        return self.golden or golden_record(record)
 
     def preflight(self, cfg: Optional["M2DetConfig"] = None) -> None:
         """Fail in the first second on what would otherwise fail after hours (with ``cfg``:
@@ -123,3 +123,9 @@ class ModelSpec:
         if extra is not None:
             ident.update(extra(self))
         return ident
+
+
+def golden_record(record: Dict[str, object]) -> bool:
+    """Whether a weights record (:meth:`ModelSpec.weights_record`, as written into a summary) says golden
+    weights produced the numbers: golden itself, or a cached export made from them."""
+    return record.get("kind") == "golden" or str(record.get("exported_from", "")).startswith("golden")

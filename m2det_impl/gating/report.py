@@ -138,6 +138,8 @@ def weights_label(summary: dict) -> str:
             return "golden (AP meaningless)"
         if kind == "none":
             return "none: simulated NPU, outputs are reference cases (AP meaningless)"
+        if kind == "unknown":
+            return "unknown: scored from output files that do not record their model"
         if kind == "checkpoint":
             return f"checkpoint {name} (sha256 {short})"
         if record.get("path"):  # a model file that brings its own weights

@@ -31,13 +31,15 @@ def shard_results_name(index: int, count: int) -> str:
 
 
 def write_shard_file(path: PathLike, index: int, count: int, outcome: RunOutcome,
-                     identity: Dict[str, object]) -> Path:
-    """A shard's partial results, with what it covered, for ``m2det merge``."""
+                     identity: Dict[str, object], record: Optional[Dict[str, object]] = None) -> Path:
+    """A shard's partial results, with what it covered, for ``m2det merge``; ``record``: what else the
+    merged summary should say of the run (its batch and weights record)."""
     from m2det_impl._io import atomic_write_json
 
     return atomic_write_json(path, {
         "shard": {"index": index, "count": count},
         "identity": identity,
+        **(record or {}),
         "image_ids": outcome.image_ids,
         "skipped": {str(k): v for k, v in outcome.skipped.items()},
         "results": outcome.results,

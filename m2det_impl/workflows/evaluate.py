@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from m2det_impl._io import PathLike, atomic_write_json, output_files
+from m2det_impl._io import PathLike, atomic_write_json, output_files, read_json_object
+from m2det_impl.errors import InputFileError
 from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 from m2det_impl.gating.gates import min_ap_gate
 from m2det_impl.logs import RESULT, get_logger
@@ -59,7 +60,8 @@ def evaluate_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetConfig,
     data = score_results(annotations, scored.results, scored.image_ids, summary,
                          extra={"skipped": scored.skipped, "not_scored": len(scored.skipped),
                                 "listed": scored.listed, "listed_by": scored.listed_by,
-                                "allow_partial": allow_partial, "outputs": str(outputs)})
+                                "allow_partial": allow_partial, "outputs": str(outputs),
+                                **_weights_fields(_weights_of_outputs(scored.listed_by))})
     announce(data, summary)
     # a folder that may be partial fails the gate before its AP is held to --min-ap: one verdict, never
     # "gate passed" on stdout and "GATE FAILED" on stderr
@@ -109,5 +111,42 @@ def merge_shards(shards: Sequence[PathLike], results: PathLike, summary: PathLik
         logger.log(RESULT, "not scored: give --annotations for an AP")
         return EXIT_OK
     data = score_results(annotations, merged, image_ids, summary,
-                         extra={"shards": [str(f) for f in files], "skipped": skipped})
+                         extra={"shards": [str(f) for f in files], "skipped": skipped, **_shards_record(files)})
     return announce_and_gate(data, summary, min_ap)
+
+
+UNKNOWN_WEIGHTS = {"kind": "unknown", "why": "scored from output files; nothing beside them records the model "
+                                             "that wrote them (m2det infer keeps it in <folder>_m2det.json)"}
+
+
+def _weights_of_outputs(listed_by: Sequence[str]) -> Dict[str, object]:
+    """What produced an output folder's numbers: the weights record ``m2det infer`` keeps beside its
+    ais summary (``<folder>_m2det.json``); another tool's outputs say nothing of their model."""
+    for source in listed_by:
+        if source.endswith("_summary.json"):
+            try:
+                notes = read_json_object(source[: -len("_summary.json")] + "_m2det.json", "infer notes")
+            except InputFileError:
+                continue
+            record = notes.get("weights")
+            if isinstance(record, dict) and record.get("kind"):
+                return record
+    return dict(UNKNOWN_WEIGHTS)
+
+
+def _weights_fields(record: Dict[str, object]) -> Dict[str, object]:
+    """A summary's ``weights`` record and its ``golden_weights`` verdict, as a run's summary has them."""
+    from m2det_impl.backends.spec import golden_record
+
+    return {"weights": record, "golden_weights": golden_record(record)}
+
+
+def _shards_record(files: Sequence[Path]) -> Dict[str, object]:
+    """What the merged shards say produced them (one run's settings: the merge checked they agree):
+    identity, batch and weights, as one run's summary records them."""
+    first = read_json_object(files[0], "shard results file")
+    record = first.get("weights") if isinstance(first.get("weights"), dict) else dict(UNKNOWN_WEIGHTS)
+    fields: Dict[str, object] = {"identity": first.get("identity"), **_weights_fields(record)}
+    if "batch_size" in first:
+        fields["batch_size"] = first["batch_size"]
+    return fields

@@ -186,7 +186,8 @@ def _run_in(out, dataset, records, annotations, cfg, model, parsed, shard, *, ba
     for image_id, reason in outcome.skipped.items():
         logger.info(f"skipped image {image_id}: {reason}")
     if parsed:
-        path = write_shard_file(out / shard_results_name(*parsed), parsed[0], parsed[1], outcome, identity)
+        path = write_shard_file(out / shard_results_name(*parsed), parsed[0], parsed[1], outcome, identity,
+                                {"batch_size": batch_size, "weights": model.weights_record()})
         logger.log(RESULT, f"shard {parsed[0]}/{parsed[1]}: {len(outcome.image_ids)} images, {len(outcome.results)} detections "
              f"-> {path}\nmerge and score all shards with: m2det merge {out}/results.shard-*-of-{parsed[1]}.json"
              + _merge_hint_options(annotations, dataset))

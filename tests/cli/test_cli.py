@@ -209,6 +209,10 @@ def test_run_results_equal_the_guide_flow(tmp_path, full_run, onnx_path, small_c
     assert main(["evaluate", "--outputs", str(outs), "--annotations", str(ANN), "--image-info",
                  str(prep / "m2det_jpg.info"), "--results", str(tmp_path / "r.json"),
                  "--summary", str(tmp_path / "s.json"), "--quiet", "--size", str(small_cfg.size)]) == EXIT_OK
+    # the second trial: evaluate's summary named no weights; infer's notes beside its summary carry them
+    weights = json.loads((tmp_path / "s.json").read_text())["weights"]
+    assert weights == json.loads((full_run / "summary.json").read_text())["weights"]
+    assert weights["kind"] == "onnx" and weights["path"] == str(Path(onnx_path).resolve())
     ours = json.loads((tmp_path / "r.json").read_text())
     theirs = json.loads((full_run / "results.json").read_text())
     assert len(ours) == len(theirs)
@@ -244,7 +248,12 @@ def test_shards_merge_to_the_unsharded_results(tmp_path, full_run, onnx_path):
     merged = json.loads((tmp_path / "m.json").read_text())
     single = json.loads((full_run / "results.json").read_text())
     assert [(r["image_id"], r["category_id"]) for r in merged] == [(r["image_id"], r["category_id"]) for r in single]
-    assert json.loads((tmp_path / "ms.json").read_text())["num_images"] == 3
+    merged_summary = json.loads((tmp_path / "ms.json").read_text())
+    assert merged_summary["num_images"] == 3
+    # the second trial: a merged summary lost what produced it (report showed '?', collect refused it)
+    single_summary = json.loads((full_run / "summary.json").read_text())
+    for key in ("identity", "weights", "golden_weights", "batch_size"):
+        assert merged_summary[key] == single_summary[key], key
 
 
 def test_corrupt_image_stops_the_run_naming_it(tmp_path, onnx_path, small, capsys):

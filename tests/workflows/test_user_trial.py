@@ -211,6 +211,8 @@ def test_the_gate_fails_over_a_folder_missing_a_listed_image(tmp_path, ais_outpu
     assert _evaluate(tmp_path, out, annotations, "--min-ap", "0.0", "--allow-partial") == EXIT_OK
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["allow_partial"] is True and summary["listed"] == 3 and list(summary["skipped"]) == [stems[1]]
+    # outputs whose folder records no model: said so, never credited to anything
+    assert summary["weights"]["kind"] == "unknown" and summary["golden_weights"] is False
     assert summary["num_images"] == 3  # the missing image counts as a miss
 
 

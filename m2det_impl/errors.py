@@ -14,6 +14,7 @@ from typing import Optional, Union
 __all__ = [
     "M2DetError",
     "UsageError",
+    "UnusedOptionError",
     "InputFileError",
     "CheckpointError",
     "BackendUnavailableError",
@@ -30,6 +31,16 @@ class M2DetError(Exception):
 class UsageError(M2DetError, ValueError):
     """An argument or option value that cannot work (an unknown backend, a
     shard that is not I/N, a size with no preset): bad input, not a bug."""
+
+
+class UnusedOptionError(UsageError):
+    """An option the job would not read (a file the runtime does not load, a setting of another runtime or of
+    another mode): refused before any work, so that no record credits it. One line: the option, why it
+    would not be read, what to do."""
+
+    def __init__(self, option: str, why: str, fix: str):
+        self.option = option
+        super().__init__(f"{option}: {why}; {fix}")
 
 
 class InputFileError(M2DetError, ValueError):

@@ -11,11 +11,11 @@ The runtime's own checks are its registered entry's ``preflight``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence
 
 from m2det_impl._io import PathLike
 from m2det_impl.backends.registry import runtimes
-from m2det_impl.errors import CheckpointError, InputFileError
+from m2det_impl.errors import CheckpointError, InputFileError, UnusedOptionError
 from m2det_impl.network.config import M2DetConfig
 
 if TYPE_CHECKING:
@@ -26,11 +26,20 @@ __all__ = [
     "check_models",
     "check_onnx_model",
     "check_model_file",
+    "check_options_read",
     "check_bin_inputs",
 ]
 
 _WHAT = {"weights": "checkpoint file", "onnx": "ONNX file", "om": ".om model"}
 _OPTION = {"weights": "--weights", "onnx": "--onnx", "om": "--om"}
+_FILE_NOUN = {"onnx": "an ONNX file", "om": "an .om model"}
+#: Each runtime option (registry.RUNTIME_OPTIONS): its spec fields with their command-line spellings, and a noun.
+_RUNTIME_OPTION = {
+    "device_id": ((("device_id", "--device-id"),), "a device id"),
+    "threads": ((("threads", "--threads"),), "a thread count"),
+    "calib": ((("calib", "--calib"), ("calib_images", "--calib-images")), "int8 calibration images"),
+    "sim_ms_per_image": ((("sim_ms_per_image", "--sim-ms-per-image"),), "a simulated device time"),
+}
 
 
 def check_model_file(path: Optional[PathLike], what: str, error=InputFileError) -> None:
@@ -45,11 +54,12 @@ def check_model_file(path: Optional[PathLike], what: str, error=InputFileError) 
 
 
 def check_onnx_model(path: PathLike, cfg: Optional[M2DetConfig] = None, batch_one: Optional[str] = None,
-                     outputs: Optional[Sequence[str]] = None) -> None:
+                     outputs: Optional[Sequence[str]] = None, batch: Optional[int] = None) -> None:
     """An ONNX file is whole, takes an image, and (with ``cfg``) takes ``cfg.size``; with
-    ``batch_one`` (what needs it) its batch is dynamic or 1; with ``outputs`` (what reads them
-    by name, e.g. the fp16 forecast) it has outputs of those names. Reads the header only
-    (:mod:`m2det_impl.network.onnx_header`): milliseconds for a 530 MB export."""
+    ``batch_one`` (what needs it) its batch is dynamic or 1; with ``batch`` (``--batch-size``) a
+    static batch is that one (as an ``.om``'s: a static model runs its own batch only); with ``outputs``
+    (what reads them by name, e.g. the fp16 forecast) it has outputs of those names. Reads the header
+    only (:mod:`m2det_impl.network.onnx_header`): milliseconds for a 530 MB export."""
     from m2det_impl.network.onnx_header import image_input, onnx_outputs
 
     found = image_input(path)
@@ -57,11 +67,15 @@ def check_onnx_model(path: PathLike, cfg: Optional[M2DetConfig] = None, batch_on
     if cfg is not None and isinstance(height, int) and isinstance(width, int) and (height, width) != (cfg.size, cfg.size):
         raise InputFileError(Path(path), f"the model's input is {height}x{width}, but --size {cfg.size} was asked: "
                                          f"give --size {height} or an ONNX model of {cfg.size}x{cfg.size}")
-    batch = found.static_batch
-    if batch_one is not None and batch is not None and batch != 1:
-        raise InputFileError(Path(path), f"the model's batch is static {batch}, and {batch_one} one image at a "
+    static = found.static_batch
+    if batch_one is not None and static is not None and static != 1:
+        raise InputFileError(Path(path), f"the model's batch is static {static}, and {batch_one} one image at a "
                                          f"time: give a dynamic-batch or batch-1 model (m2det export without "
                                          f"--batch, or --batch 1)")
+    if batch is not None and static is not None and batch != static:
+        raise InputFileError(Path(path), f"a static batch-{static} model, asked for --batch-size {batch}: leave "
+                                         f"--batch-size out (the model's batch is used) or give {static}, or "
+                                         f"export a dynamic-batch model (m2det export without --batch)")
     if outputs is not None:
         names = [o.name for o in onnx_outputs(path)]
         missing = [name for name in outputs if name not in names]
@@ -71,25 +85,74 @@ def check_onnx_model(path: PathLike, cfg: Optional[M2DetConfig] = None, batch_on
                                              f"whose outputs are {' and '.join(outputs)}")
 
 
-def check_model_inputs(spec: "ModelSpec", cfg: Optional[M2DetConfig] = None) -> None:
+def check_model_inputs(spec: "ModelSpec", cfg: Optional[M2DetConfig] = None, device_ids: Sequence[int] = ()) -> None:
     """Everything a backend will need, checked before the dataset is read or an
     output folder written: the files given exist, the runtime reads each of
-    them, the runtime's own checks (an ``.om`` and an Ascend runtime, a GPU
-    provider) pass, and an ONNX file is whole and (with ``cfg``) of the size asked."""
-    check_models([spec], cfg)
+    them and each runtime option given (``device_ids``: the job's, when it was
+    given some), the runtime's own checks (an ``.om`` and an Ascend runtime, a GPU
+    provider) pass, and an ONNX file is whole, (with ``cfg``) of the size asked
+    and of the batch asked when its batch is static."""
+    check_models([spec], cfg, device_ids)
 
 
-def check_models(specs: Sequence["ModelSpec"], cfg: Optional[M2DetConfig] = None) -> None:
-    """:func:`check_model_inputs` for every spec a job runs (``bench --versus``: two), the options and
-    runtimes of all of them before any model file is read: an absent runtime is the first thing to fix."""
-    for spec in specs:
-        _check_options_and_runtime(spec)
+def check_models(specs: Sequence["ModelSpec"], cfg: Optional[M2DetConfig] = None,
+                 device_ids: Sequence[int] = ()) -> None:
+    """:func:`check_model_inputs` for every spec a job runs (``bench --versus``: two, ``device_ids``
+    the first one's), the options and runtimes of all of them before any model file is read: an absent
+    runtime is the first thing to fix."""
+    readers = [spec.runtime for spec in specs]  # the job's options are shared: read by one of its runtimes is read
+    for i, spec in enumerate(specs):
+        _check_options_and_runtime(spec, device_ids if i == 0 else (), readers)
     for spec in specs:
         if spec.onnx is not None and "onnx" in spec.runtime.model_files:
-            check_onnx_model(spec.onnx, cfg)
+            check_onnx_model(spec.onnx, cfg, batch=spec.batch_size)
 
 
-def _check_options_and_runtime(spec: "ModelSpec") -> None:
+def check_options_read(spec: "ModelSpec", device_ids: Sequence[int] = (), readers: Sequence = ()) -> None:
+    """Every model file (``--onnx``, ``--om``) and runtime option (``--device-id``, ``--threads``,
+    ``--calib``, ``--sim-ms-per-image``) given is one the runtime reads, as its registry entry declares
+    (``model_files``, ``options``), or :class:`UnusedOptionError` naming the option, the runtime and the
+    runtimes that read it: a record never credits what the job did not use. ``readers``: the runtimes of
+    the whole job (``bench --versus``: two), which share its runtime options; one of them reading an
+    option is enough. ``--weights`` has its own lines (:func:`check_model_inputs`)."""
+    entry = spec.runtime
+    for kind in ("onnx", "om"):
+        if getattr(spec, kind) is not None and kind not in entry.model_files:
+            _refuse(_OPTION[kind], entry, _FILE_NOUN[kind], _what_it_reads(entry),
+                    [n for n, e in runtimes().items() if kind in e.model_files])
+    for option, (fields, noun) in _RUNTIME_OPTION.items():
+        if any(option in e.options for e in (entry, *readers)):
+            continue
+        given = [flag for field, flag in fields if _given(spec, field)]
+        if option == "device_id" and tuple(device_ids) and not given:
+            given = ["--device-id"]
+        if given:
+            _refuse(given[0], entry, noun, None, [n for n, e in runtimes().items() if option in e.options])
+
+
+def _given(spec: "ModelSpec", field: str) -> bool:
+    value = getattr(spec, field)
+    return value != 0 if field == "device_id" else value is not None
+
+
+def _what_it_reads(entry) -> str:
+    files = [_OPTION[k] for k in ("weights", "onnx", "om") if k in entry.model_files]
+    if not files:
+        return "it reads no model file"
+    if files == ["--weights"]:
+        return "it builds the network from --weights, golden weights without it"
+    return f"it reads {' or '.join(files)}"
+
+
+def _refuse(option: str, entry, noun: str, why: Optional[str], takers: List[str]) -> None:
+    """``why``: what the runtime reads instead; without it, what the runtime is."""
+    fix = f"drop {option}" + (f" or use --backend {', '.join(takers)}" if takers else "")
+    what = f"the {entry.name} backend does not read {noun} ({why})" if why else \
+        f"the {entry.name} backend ({entry.description}) does not read {noun}"
+    raise UnusedOptionError(option, what, fix)
+
+
+def _check_options_and_runtime(spec: "ModelSpec", device_ids: Sequence[int] = (), readers: Sequence = ()) -> None:
     entry = spec.runtime
     check_model_file(spec.weights, _WHAT["weights"], CheckpointError)
     check_model_file(spec.onnx, _WHAT["onnx"])
@@ -98,14 +161,12 @@ def _check_options_and_runtime(spec: "ModelSpec") -> None:
         raise InputFileError(Path(spec.weights), f"--weights is not read by --backend {entry.name} (it loads no "
                                                  f"checkpoint), so these weights would be credited without being "
                                                  f"used: drop --weights")
+    check_options_read(spec, device_ids, readers)  # before the next: with --backend torch, --onnx is the unread one
     if spec.weights is not None and (spec.onnx is not None or spec.om is not None):
         given = "--onnx" if spec.onnx is not None else "--om"
         raise InputFileError(Path(spec.weights), f"--weights is not used when {given} is given (the model file "
                                                  f"brings its own weights): drop --weights, or drop {given} to "
                                                  f"export these weights")
-    if spec.om is not None and "om" not in entry.model_files:
-        takers = ", ".join(n for n, e in runtimes().items() if "om" in e.model_files)
-        raise InputFileError(Path(spec.om), f"--om is for --backend {takers}, not --backend {entry.name}")
     if spec.dump is not None and entry.read_dumps is None:
         takers = ", ".join(n for n, e in runtimes().items() if e.read_dumps is not None)
         raise InputFileError(Path(spec.dump), f"--dump is for --backend {takers} (a device that dumps every "

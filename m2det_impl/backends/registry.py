@@ -49,6 +49,11 @@ _RUNTIME_PACKAGES = ("ort", "pytorch", "ascend", "simulated")
 #: Model files a spec may carry: a checkpoint, an ONNX file, an Ascend offline model.
 MODEL_FILES = frozenset({"weights", "onnx", "om"})
 
+#: Runtime options a spec may carry besides its model files: a device id, intra-op threads, int8
+#: calibration images, the simulated device time. A runtime declares those it reads (``Runtime.options``);
+#: one it does not read is refused, as a model file is.
+RUNTIME_OPTIONS = frozenset({"device_id", "threads", "calib", "sim_ms_per_image"})
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -57,7 +62,8 @@ class Runtime:
     ``build(spec, cfg)`` returns a :class:`~m2det_impl.backends.base.Backend`;
     ``model_files`` says which of ``weights``/``onnx``/``om`` it reads (a file
     it does not read is refused, so a record never credits weights that were
-    never loaded); ``preflight(spec)`` fails in the first second what would
+    never loaded); ``options`` which runtime options of :data:`RUNTIME_OPTIONS`
+    it reads (one it does not read is refused too); ``preflight(spec)`` fails in the first second what would
     fail after hours; ``identity(spec)`` adds what decides its numbers to a
     run's record; ``precision``/``reference`` name a precision variant and the
     float32 runtime it is compared against; ``describe_model(path)`` says what
@@ -81,6 +87,7 @@ class Runtime:
     distributions: Tuple[str, ...] = ()  # pip distributions that may carry it, first found wins
     provider: Optional[str] = None  # ONNX Runtime execution provider it needs
     model_files: FrozenSet[str] = frozenset({"weights", "onnx"})
+    options: FrozenSet[str] = frozenset()
     preflight: Optional[Callable[["ModelSpec"], None]] = None
     identity: Optional[Callable[["ModelSpec"], Mapping[str, object]]] = None
     precision: str = "float32"
@@ -133,6 +140,9 @@ def register(entry: Runtime) -> Runtime:
     unknown = set(entry.model_files) - MODEL_FILES
     if unknown:
         raise ValueError(f"runtime {entry.name!r}: unknown model files {sorted(unknown)}")
+    unknown = set(entry.options) - RUNTIME_OPTIONS
+    if unknown:
+        raise ValueError(f"runtime {entry.name!r}: unknown options {sorted(unknown)}")
     _RUNTIMES[entry.name] = entry
     return entry
 

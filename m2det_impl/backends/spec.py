@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 from m2det_impl._io import PathLike
 from m2det_impl.backends.registry import DEFAULT_RUNTIME, Runtime, runtime
@@ -50,7 +50,7 @@ class ModelSpec:
     threads: Optional[int] = None
     calib: Optional[PathLike] = None
     calib_images: Optional[int] = None
-    sim_ms_per_image: float = 15.0  # simulated device time per image
+    sim_ms_per_image: Optional[float] = None  # simulated device time per image; None: the runtime's default
     dump: Optional[PathLike] = None  # folder for a layer-by-layer dump (the runtime's own, for m2det drift)
 
     @property
@@ -62,7 +62,7 @@ class ModelSpec:
     def golden(self) -> bool:
         """True when the run uses golden (untrained) weights: the runtime loads a
         checkpoint, none was given, and no ONNX file brings its own."""
-        return self.weights is None and self.runtime.loads_weights and not self.onnx
+        return self.weights is None and self.runtime.loads_weights and not self._reads("onnx")
 
     def weights_record(self) -> Dict[str, object]:
         """What produced the numbers, for every record (summary.json, report, bench.json):
@@ -94,12 +94,17 @@ class ModelSpec:
         given, or a cached export made from them (what the run summary's ``golden_weights`` says)."""
         return self.golden or golden_record(record)
 
-    def preflight(self, cfg: Optional["M2DetConfig"] = None) -> None:
+    def _reads(self, kind: str) -> bool:
+        """A model file of ``kind`` is given and the runtime reads it."""
+        return getattr(self, kind) is not None and kind in self.runtime.model_files
+
+    def preflight(self, cfg: Optional["M2DetConfig"] = None, device_ids: Sequence[int] = ()) -> None:
         """Fail in the first second on what would otherwise fail after hours (with ``cfg``:
-        a model file of another input size too)."""
+        a model file of another input size too); a model file or option the runtime does not read
+        (``device_ids``: those the job was given) is refused."""
         from m2det_impl.backends.preflight import check_model_inputs
 
-        check_model_inputs(self, cfg)
+        check_model_inputs(self, cfg, device_ids)
 
     def create(self, cfg: "M2DetConfig") -> "Backend":
         """The backend, exporting or quantizing (once, cached) when needed."""
@@ -111,7 +116,7 @@ class ModelSpec:
         """What decides a run's numbers, recorded with its results (a resumed run must match it)."""
         from m2det_impl.network.weights_identity import weights_tag
 
-        model = self.om or self.onnx
+        model = next((getattr(self, kind) for kind in ("om", "onnx") if self._reads(kind)), None)
         ident: Dict[str, object] = {
             "size": cfg.size,
             "backend": self.backend,

@@ -9,7 +9,7 @@ from m2det_impl.backends.registry import DEFAULT_RUNTIME, runtime_names, runtime
 
 __all__ = ["echo", "add_output_option", "positive_int", "int_list", "add_dataset_options", "dataset_from", "add_model_options",
            "add_calibration_options", "add_host_option", "model_from", "config_from", "DEFAULT_CALIBRATION_IMAGES",
-           "device_list", "device_ids_from"]
+           "device_list", "device_ids_from", "refuse_unused_options"]
 
 DEFAULT_CALIBRATION_IMAGES = 16  # precision.int8.DEFAULT_CALIBRATION_IMAGES (a test holds the two equal)
 
@@ -103,11 +103,11 @@ def add_model_options(p: argparse.ArgumentParser, backends: bool = True, batch: 
         add_calibration_options(g)
         g.add_argument("--om", help=".om model, for --backend " + ", ".join(
             name for name, entry in runtimes().items() if "om" in entry.model_files))
-        g.add_argument("--device-id", "--device", dest="device_id", type=device_list, default=(0,),
+        g.add_argument("--device-id", "--device", dest="device_id", type=device_list, default=None,
                        help="NPU or GPU device id (default 0); several, comma-separated (0,1,2,3), run one worker "
                             "process per device on its share of the images, as ais_bench's --device")
         g.add_argument("--threads", type=int, help="intra-op threads for onnxruntime/torch (default: $M2DET_THREADS, else all cores)")
-        g.add_argument("--sim-ms-per-image", type=non_negative_float, default=15.0,
+        g.add_argument("--sim-ms-per-image", type=non_negative_float, default=None,
                        help="--backend simulated-npu: simulated device time per image, the GIL held (default 15: "
                             "a 310P3 at about 66 img/s)")
         if batch:
@@ -120,7 +120,7 @@ def add_calibration_options(g) -> None:
     g.add_argument("--calib", metavar="DIR", help="int8 calibration images: a folder of images or a COCO root "
                                                   "(val2014/ images outside minival when there are enough); "
                                                   "default: the bundled mini COCO set")
-    g.add_argument("--calib-images", type=positive_int, default=DEFAULT_CALIBRATION_IMAGES,
+    g.add_argument("--calib-images", type=positive_int, default=None,
                    help=f"how many calibration images, spread evenly over the folder (default "
                         f"{DEFAULT_CALIBRATION_IMAGES})")
 
@@ -134,14 +134,30 @@ def model_from(args, backend: str = ""):
                      device_id=devices[0] if devices else 0, batch_size=getattr(args, "batch_size", None),
                      threads=getattr(args, "threads", None),
                      calib=getattr(args, "calib", None), calib_images=getattr(args, "calib_images", None),
-                     sim_ms_per_image=getattr(args, "sim_ms_per_image", 15.0),
+                     sim_ms_per_image=getattr(args, "sim_ms_per_image", None),
                      dump=args.output if getattr(args, "dump", False) else None)
 
 
 def device_ids_from(args) -> Tuple[int, ...]:
-    """The ``--device-id`` list (one id unless several were given)."""
-    ids = getattr(args, "device_id", (0,))
+    """The ``--device-id`` list (one id unless several were given; none when it was not given: the job's
+    device is then the model's, 0)."""
+    ids = getattr(args, "device_id", None)
+    if ids is None:
+        return ()
     return tuple(ids) if isinstance(ids, (tuple, list)) else (int(ids),)
+
+
+def refuse_unused_options(args, rules) -> None:
+    """A command's options that only its other modes read (``compare --precision-mode`` without
+    ``--emulate fp16``, say), refused before any work in one line: ``rules`` is ``(dest, option,
+    unused(args), why, fix)`` each, an option given (not ``None``/``False``/empty) while ``unused(args)``
+    is true the :class:`~m2det_impl.errors.UnusedOptionError`. The runtime's own options are the library's
+    rule (:func:`m2det_impl.backends.preflight.check_options_read`)."""
+    from m2det_impl.errors import UnusedOptionError
+
+    for dest, option, unused, why, fix in rules:
+        if getattr(args, dest, None) not in (None, False, [], ()) and unused(args):
+            raise UnusedOptionError(option, why, fix)
 
 
 def config_from(args):

@@ -77,7 +77,7 @@ def bench(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, output: PathLike
         raise UsageError("--versus measures one device: give one --device-id with it")
     from m2det_impl.backends.preflight import check_models
 
-    check_models([model] if versus is None else [model, versus], cfg)
+    check_models([model] if versus is None else [model, versus], cfg, device_ids or ())
     if batch_sizes and model.batch_size is None:
         model = replace(model, batch_size=batch_sizes[0])  # the batch a dynamic-batch .om opens at
     with output_folder(output) as out:  # a model or image refused at loading leaves no new empty folder

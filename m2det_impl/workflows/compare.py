@@ -80,7 +80,8 @@ def compare_precision(kind: str, dataset: Dataset, cfg: M2DetConfig, model: Mode
         verdict = max_ap_drop_gate(None, max_ap_drop)
         logger.info(verdict.message)
         return verdict.code
-    model.preflight(cfg)
+    # int8: the calibration options are the variant's (its quantization), not the float32 reference's
+    (replace(model, calib=None, calib_images=None) if kind == "int8" else model).preflight(cfg)
     if kind == "fp16" and model.onnx is not None:
         from m2det_impl.backends.preflight import check_onnx_model
         from m2det_impl.network.export import OUTPUT_NAMES

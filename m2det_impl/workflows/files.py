@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 from m2det_impl._io import PathLike, atomic_link_or_copy, ensure_output_folder, output_folder
 from m2det_impl.backends.registry import runtimes
 from m2det_impl.backends.spec import ModelSpec, warn_golden
-from m2det_impl.errors import CheckpointError, InputFileError, UsageError
+from m2det_impl.errors import CheckpointError, InputFileError, UnusedOptionError, UsageError
 from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.logs import RESULT, get_logger
 from m2det_impl.network.config import M2DetConfig
@@ -288,6 +288,14 @@ def infer(inputs: PathLike, cfg: M2DetConfig, model: ModelSpec, output: PathLike
     from m2det_impl.pipeline.ais_files import check_output_dirname
     from m2det_impl.workflows.devices import check_device_ids
 
+    if naming == "benchmark":  # the older tool's layout has no sub-folder and one format: options of ais's refused
+        if outfmt != "BIN":
+            raise UnusedOptionError("--outfmt", f"--naming benchmark writes the older tool's flat .bin files, "
+                                                f"never {outfmt}", "drop --outfmt, or use --naming ais")
+        if output_dirname is not None:
+            raise UnusedOptionError("--output-dirname", "--naming benchmark writes its flat files straight into "
+                                                        "--output, with no sub-folder to name",
+                                    "drop --output-dirname, or use --naming ais")
     inputs = Path(inputs)
     if not inputs.exists():
         raise InputFileError(inputs, "input folder not found")
@@ -302,7 +310,7 @@ def infer(inputs: PathLike, cfg: M2DetConfig, model: ModelSpec, output: PathLike
     devices = check_device_ids(device_ids if device_ids else [model.device_id], len(files))
     if len(devices) > 1 and naming != "ais":
         raise UsageError("several devices write ais_bench's per-device layout: use --naming ais")
-    model.preflight(cfg)
+    model.preflight(cfg, device_ids or ())
     check_bin_inputs([f for f in files if f.suffix.lower() == ".bin"], cfg)
     _check_npy_inputs(files, cfg)
     files = readable_images(files, skip_bad)

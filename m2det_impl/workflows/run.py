@@ -115,7 +115,7 @@ def run(dataset: Dataset, cfg: M2DetConfig, model: ModelSpec, out: PathLike, *, 
     if len(devices) > 1 and shard:
         raise UsageError(f"--shard {shard} with {len(devices)} devices: several devices shard the images "
                          "themselves; give one or the other")
-    model.preflight(cfg)
+    model.preflight(cfg, device_ids or ())
     if batch_size is not None:
         model = replace(model, batch_size=batch_size)
     if len(devices) > 1:

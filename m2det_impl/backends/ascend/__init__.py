@@ -76,7 +76,7 @@ def _build(spec, cfg):
 OM = register(Runtime(
     name="om", device="npu", description="an atc-built .om on an Ascend NPU through aclruntime / ais_bench",
     build=_build, install_hint=INSTALL_HINT, module="aclruntime", distributions=("aclruntime", "ais_bench"),
-    model_files=frozenset({"om"}), preflight=_preflight, after_export=_after_export,
+    model_files=frozenset({"om"}), options=frozenset({"device_id"}), preflight=_preflight, after_export=_after_export,
     precision="fp16",  # atc's default --precision_mode force_fp16
     read_dumps=_read_dumps, read_fusion_map=_read_fusion_map,
 ))

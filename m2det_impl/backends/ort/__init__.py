@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from m2det_impl.backends.registry import Runtime, register
+from m2det_impl.errors import UnusedOptionError
 
 from .session import INSTALL_HINTS, OnnxRuntimeBackend
 
@@ -42,16 +43,25 @@ def _build_int8(spec, cfg):
 
 
 def _int8_identity(spec):
+    from .int8 import DEFAULT_CALIBRATION_IMAGES
+
     if spec.onnx:
         return {}
     return {"calibration": {"dir": str(Path(spec.calib).resolve()) if spec.calib else "bundled mini COCO",
-                            "images": spec.calib_images}}
+                            "images": spec.calib_images or DEFAULT_CALIBRATION_IMAGES}}
 
 
 def _int8_preflight(spec) -> None:
     """The calibration images a quantization will need are there (a stat and a listing), before an output
-    folder, a golden-weights warning or an export: a typo in --calib fails first, in one line."""
-    if spec.onnx is None:
+    folder, a golden-weights warning or an export: a typo in --calib fails first, in one line. A given int8
+    model is not quantized again: calibration options beside it would be read by nothing, and are refused."""
+    if spec.onnx is not None:
+        given = "--calib" if spec.calib is not None else "--calib-images" if spec.calib_images is not None else None
+        if given is not None:
+            raise UnusedOptionError(given, f"the {ONNXRUNTIME_INT8.name} backend quantizes nothing when --onnx "
+                                           f"gives the int8 model (its calibration is done)",
+                                    f"drop {given}, or drop --onnx to quantize on these images")
+    else:
         from .int8 import DEFAULT_CALIBRATION_IMAGES, calibration_files
 
         calibration_files(spec.calib, spec.calib_images or DEFAULT_CALIBRATION_IMAGES)
@@ -109,6 +119,7 @@ ONNXRUNTIME = register(Runtime(
     name="onnxruntime", device="cpu", description="ONNX Runtime, float32, on the CPU",
     build=_build_cpu, install_hint=INSTALL_HINTS["CPUExecutionProvider"],
     module="onnxruntime", distributions=("onnxruntime",), provider="CPUExecutionProvider",
+    options=frozenset({"threads"}),
 ))
 ONNXRUNTIME_INT8 = register(Runtime(
     name="onnxruntime-int8", device="cpu",
@@ -116,26 +127,26 @@ ONNXRUNTIME_INT8 = register(Runtime(
     build=_build_int8, install_hint=INSTALL_HINTS["CPUExecutionProvider"],
     module="onnxruntime", distributions=("onnxruntime",), provider="CPUExecutionProvider",
     identity=_int8_identity, precision="int8", reference="onnxruntime", describe_model=_describe_int8,
-    export_model=_export_int8, preflight=_int8_preflight,
+    export_model=_export_int8, preflight=_int8_preflight, options=frozenset({"threads", "calib"}),
 ))
 ONNXRUNTIME_CANN = register(Runtime(
     name="onnxruntime-cann", device="npu",
     description="ONNX Runtime's CANNExecutionProvider (pip onnxruntime-cann) on an Ascend NPU, from the ONNX export",
     build=_build_cann, install_hint=INSTALL_HINTS["CANNExecutionProvider"],
     module="onnxruntime", distributions=("onnxruntime-cann", "onnxruntime"), provider="CANNExecutionProvider",
-    preflight=_cann_preflight,
+    preflight=_cann_preflight, options=frozenset({"threads", "device_id"}),
 ))
 # gpu layer (issue #15): both through onnxruntime-gpu, the same ONNX file and output contract
 ONNXRUNTIME_CUDA = register(Runtime(
     name="onnxruntime-cuda", device="gpu", description="ONNX Runtime's CUDA execution provider, float32 with TF32 off",
     build=_build_cuda, install_hint=INSTALL_HINTS["CUDAExecutionProvider"],
     module="onnxruntime", distributions=("onnxruntime-gpu", "onnxruntime"), provider="CUDAExecutionProvider",
-    preflight=_gpu_preflight("onnxruntime-cuda"),
+    preflight=_gpu_preflight("onnxruntime-cuda"), options=frozenset({"threads", "device_id"}),
 ))
 TENSORRT = register(Runtime(
     name="tensorrt", device="gpu",
     description="TensorRT fp16 through ONNX Runtime's TensorRT execution provider (engines cached)",
     build=_build_tensorrt, install_hint=INSTALL_HINTS["TensorrtExecutionProvider"],
     module="onnxruntime", distributions=("onnxruntime-gpu",), provider="TensorrtExecutionProvider",
-    preflight=_gpu_preflight("tensorrt"),
+    preflight=_gpu_preflight("tensorrt"), options=frozenset({"device_id"}),
 ))

@@ -24,5 +24,5 @@ def _build(spec, cfg):
 TORCH = register(Runtime(
     name="torch", device="cpu", description="eager PyTorch, float32, on the CPU",
     build=_build, install_hint="pip install torch==2.13.0 (the CPU wheel this project is validated with)",
-    module="torch", distributions=("torch",), model_files=frozenset({"weights"}),
+    module="torch", distributions=("torch",), model_files=frozenset({"weights"}), options=frozenset({"threads"}),
 ))

@@ -9,14 +9,18 @@ from .runner import DEFAULT_MS_PER_IMAGE, SimulatedNpuBackend, hold_gil_sleep
 __all__ = ["SimulatedNpuBackend", "hold_gil_sleep", "DEFAULT_MS_PER_IMAGE", "SIMULATED_NPU"]
 
 
+def _ms_per_image(spec) -> float:
+    return DEFAULT_MS_PER_IMAGE if spec.sim_ms_per_image is None else spec.sim_ms_per_image
+
+
 def _build(spec, cfg):
-    return SimulatedNpuBackend(spec.sim_ms_per_image, input_size=cfg.size)
+    return SimulatedNpuBackend(_ms_per_image(spec), input_size=cfg.size)
 
 
 SIMULATED_NPU = register(Runtime(
     name="simulated-npu", device="sim",
     description="a fake 310P: holds the GIL a fixed time per image (aclruntime does), reference-shaped outputs",
     build=_build, install_hint="nothing to install (ships with m2det-conformance)",
-    module="ctypes", model_files=frozenset(),
-    identity=lambda spec: {"sim_ms_per_image": spec.sim_ms_per_image},
+    module="ctypes", model_files=frozenset(), options=frozenset({"sim_ms_per_image"}),
+    identity=lambda spec: {"sim_ms_per_image": _ms_per_image(spec)},
 ))

@@ -15,6 +15,7 @@ from m2det_impl.cli.common import (
     int_list,
     model_from,
     positive_int,
+    refuse_unused_options,
 )
 from m2det_impl.published import DEFAULT_PUBLISHED, published_names
 
@@ -45,8 +46,18 @@ def configure(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_PUBLISHED}, the guide's)")
 
 
+#: Options only another mode reads (refuse_unused_options): (dest, option, unused here, why, what to do).
+UNUSED_OPTIONS = (
+    ("versus_onnx", "--versus-onnx", lambda a: not a.versus, "it is the model of the backend --versus measures "
+     "beside, and no --versus is given", "add --versus BACKEND, or drop --versus-onnx (--onnx is the model "
+     "measured)"),
+)
+
+
 def run(args) -> int:
     from m2det_impl.workflows.bench import bench
+
+    refuse_unused_options(args, UNUSED_OPTIONS)
 
     versus = model_from(args, backend=args.versus) if args.versus else None
     if versus is not None:

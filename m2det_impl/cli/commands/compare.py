@@ -14,6 +14,7 @@ from m2det_impl.cli.common import (
     dataset_from,
     model_from,
     positive_int,
+    refuse_unused_options,
 )
 from m2det_impl.errors import UsageError
 
@@ -30,7 +31,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    "--save-outputs, held to the tolerance file) or two m2det run folders (detections, AP)")
     p.add_argument("--emulate", choices=("fp16",), help="forecast the .om's fp16 drift with an fp16-emulating "
                                                         "ONNX model on the CPU")
-    p.add_argument("--precision-mode", choices=PRECISION_MODE_CHOICES, default="force_fp16",
+    p.add_argument("--precision-mode", choices=PRECISION_MODE_CHOICES, default=None,
                    help="atc --precision_mode to emulate (default force_fp16, atc's default)")
     p.add_argument("--keep-fp32", action="append", metavar="NAME",
                    help="op type (Softmax) or node name kept in float32, repeatable: atc's --keep_dtype for "
@@ -59,6 +60,28 @@ def configure(p: argparse.ArgumentParser) -> None:
                                                                   "more than X below the reference's (0.01 = 1 point)")
 
 
+def _two_runs(args) -> bool:
+    return not args.emulate and not args.int8
+
+
+#: Options only another mode reads (refuse_unused_options): (dest, option, unused here, why, what to do).
+UNUSED_OPTIONS = (
+    ("weights", "--weights", _two_runs, "two saved runs are compared as they were saved: no model is built "
+     "from --weights", "drop --weights (--emulate fp16 and --int8 read it)"),
+    ("onnx", "--onnx", _two_runs, "two saved runs are compared as they were saved: no model is run",
+     "drop --onnx (--emulate fp16 and --int8 read it)"),
+    ("precision_mode", "--precision-mode", lambda a: not a.emulate, "only the --emulate fp16 forecast reads it",
+     "add --emulate fp16, or drop --precision-mode"),
+    ("keep_fp32", "--keep-fp32", lambda a: not a.emulate, "only the --emulate fp16 forecast reads it",
+     "add --emulate fp16, or drop --keep-fp32"),
+    ("int8_onnx", "--int8-onnx", lambda a: not a.int8, "only --int8 reads it", "add --int8, or drop --int8-onnx"),
+    ("calib", "--calib", lambda a: not a.int8 or a.int8_onnx, "only --int8's quantization reads it (none when "
+     "--int8-onnx gives the int8 model)", "drop --calib, or use --int8 without --int8-onnx"),
+    ("calib_images", "--calib-images", lambda a: not a.int8 or a.int8_onnx, "only --int8's quantization reads "
+     "it (none when --int8-onnx gives the int8 model)", "drop --calib-images, or use --int8 without --int8-onnx"),
+)
+
+
 def run(args) -> int:
     from m2det_impl.workflows.compare import compare_precision, compare_two_runs
 
@@ -67,6 +90,7 @@ def run(args) -> int:
     if len(chosen) != 1:
         raise UsageError("give two saved runs or two m2det run folders (CANDIDATE REFERENCE), or --emulate fp16, "
                          "or --int8" + (f"; got {' and '.join(chosen)}" if chosen else ""))
+    refuse_unused_options(args, UNUSED_OPTIONS)
     cfg = config_from(args)
     if args.runs:
         if len(args.runs) != 2:
@@ -76,6 +100,7 @@ def run(args) -> int:
                                 max_ap_drop=args.max_ap_drop)
     return compare_precision("fp16" if args.emulate else "int8", dataset_from(args), cfg,
                              model_from(args, backend=DEFAULT_RUNTIME), args.output or "m2det-compare",
-                             int8_onnx=args.int8_onnx, precision_mode=args.precision_mode, keep_fp32=args.keep_fp32,
+                             int8_onnx=args.int8_onnx,
+                             precision_mode=args.precision_mode or PRECISION_MODE_CHOICES[0], keep_fp32=args.keep_fp32,
                              layers=not args.no_layers, first=args.first, max_ap_drop=args.max_ap_drop,
                              progress=not args.quiet)

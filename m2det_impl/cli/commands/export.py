@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 
 from m2det_impl.cli.common import (
+    DEFAULT_CALIBRATION_IMAGES,
     add_calibration_options,
     add_model_options,
     add_output_option,
     config_from,
     int_list,
     positive_int,
+    refuse_unused_options,
 )
 from m2det_impl.errors import UsageError
 from m2det_impl.exit_codes import EXIT_OK
@@ -36,15 +38,24 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_calibration_options(g)
 
 
+#: Options only another mode reads (refuse_unused_options): (dest, option, unused here, why, what to do).
+UNUSED_OPTIONS = tuple(
+    (dest, option, lambda a: not a.int8, "only --int8 reads calibration images (its quantization); the float32 "
+     "export takes none", f"add --int8, or drop {option}")
+    for dest, option in (("calib", "--calib"), ("calib_images", "--calib-images")))
+
+
 def run(args) -> int:
     from m2det_impl.workflows.files import export, export_int8
 
+    refuse_unused_options(args, UNUSED_OPTIONS)
     cfg = config_from(args)
     if args.int8:
         if args.batch:
             raise UsageError("--int8 makes one dynamic-batch QDQ model for ONNX Runtime; atc does not take it "
                              "(Ascend quantizes with its own AMCT tool): drop --batch")
-        export_int8(cfg, args.output, weights=args.weights, calib=args.calib, calib_images=args.calib_images,
+        export_int8(cfg, args.output, weights=args.weights, calib=args.calib,
+                    calib_images=args.calib_images or DEFAULT_CALIBRATION_IMAGES,
                     progress=not args.quiet)
     else:
         export(cfg, args.output, weights=args.weights, batches=args.batch or (), opset=args.opset,

@@ -90,9 +90,12 @@ def _interrupted(args: argparse.Namespace) -> str:
     reason = refused(args) if resumes and refused is not None else None
     if resumes and reason is None:
         return f"\nm2det {args.command}: interrupted; partial results are kept, run the same command again to resume"
+    if resumes:  # a resuming command with options that do not: its outputs so far stay, unfinished
+        return (f"\nm2det {args.command}: interrupted; what was written so far is kept but incomplete (no "
+                f"summary), and the same command starts over ({reason})")
     which = " and ".join(f"m2det {name}" for name, m in MODULES.items() if getattr(m, "RESUMES", False))
-    return (f"\nm2det {args.command}: interrupted; what was written so far is kept but incomplete (no summary), "
-            f"and the same command starts over ({reason or f'only {which} resume'})")
+    return (f"\nm2det {args.command}: interrupted; nothing half-written is left (its files are written whole), "
+            f"and the same command starts over (only {which} resume)")
 
 
 def log(message: str) -> None:

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 from m2det_impl._io import PathLike, atomic_write_text, ensure_output_folder, output_folder
 from m2det_impl.backends.registry import runtime_for_precision
 from m2det_impl.backends.spec import ModelSpec
-from m2det_impl.errors import UsageError
+from m2det_impl.errors import InputFileError, UsageError
 from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 from m2det_impl.gating.gates import max_ap_drop_gate
 from m2det_impl.logs import RESULT, get_logger
@@ -43,6 +43,10 @@ def compare_two_runs(candidate: PathLike, reference: PathLike, cfg: M2DetConfig,
     (detections and AP, never speed: two runs made apart are not a paired
     measurement); returns the exit code."""
     a, b = Path(candidate), Path(reference)
+    for given in (a, b):
+        if given.suffix.lower() == ".json" and given.is_file():  # numpy's advice to unpickle helps no one here
+            raise InputFileError(given, "compare takes two run folders (or two saved runs, .npz), not a run's "
+                                        f"JSON file: give its folder, {given.parent}")
     if a.is_dir() or b.is_dir():
         from m2det_impl.evaluation.variants import compare_result_folders, comparison_markdown, write_comparison
 

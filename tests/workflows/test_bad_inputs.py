@@ -69,7 +69,8 @@ def test_infer_checks_every_image_before_writing(images, tmp_path, capsys, skip_
     assert len(written) == 4 and not any("corrupt" in name for name in written)  # <stem>_0, <stem>_1 each
 
 
-@pytest.mark.parametrize("command, resumes", [("run", True), ("infer", True), ("preprocess", False)])
+@pytest.mark.parametrize("command, resumes", [("run", True), ("infer", True), ("preprocess", False),
+                                             ("export", False)])
 def test_an_interrupted_command_says_whether_it_resumes(monkeypatch, capsys, tmp_path, command, resumes):
     from m2det_impl.cli import commands
 
@@ -78,12 +79,14 @@ def test_an_interrupted_command_says_whether_it_resumes(monkeypatch, capsys, tmp
 
     monkeypatch.setitem(commands.COMMANDS, command, interrupted)
     argv = {"run": ["run"], "infer": ["infer", "--inputs", str(tmp_path), "--output", str(tmp_path / "o")],
-            "preprocess": ["preprocess", "--output", str(tmp_path / "p")]}[command]
+            "preprocess": ["preprocess", "--output", str(tmp_path / "p")],
+            "export": ["export", "--output", str(tmp_path / "m")]}[command]
     assert main(argv) == EXIT_INTERRUPTED
     err = capsys.readouterr().err
     assert ("run the same command again to resume" in err) is resumes
-    if not resumes:
+    if not resumes:  # the second trial: export said "what was written so far is kept" with nothing written
         assert "starts over" in err and "only m2det run and m2det infer resume" in err
+        assert "nothing half-written is left" in err and "kept but incomplete" not in err
 
 
 def test_a_text_file_as_weights_says_what_it_is(tmp_path, capsys):
@@ -188,3 +191,15 @@ def test_export_at_an_opset_it_cannot_make_is_refused_in_one_line(tmp_path, caps
     assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured.err
     assert f"--opset {opset}" in captured.err and "11 to 20" in captured.err
     assert not out.exists()
+
+
+def test_compare_given_a_runs_json_files_asks_for_the_folder(tmp_path, capsys):
+    """The second trial: two summary.json files were read as .npz saved runs, and the one line was numpy's
+    advice to unpickle them."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text("{}")
+    assert main(["compare", str(tmp_path / "a" / "summary.json"), str(tmp_path / "b" / "summary.json")]) \
+        == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give its folder" in err[0] and "pickle" not in err[0], err

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from m2det_impl._io import PathLike, atomic_write_json, read_json_object
+from m2det_impl._io import PathLike, atomic_write_json, output_folder, read_json_object
 from m2det_impl.errors import InputFileError, M2DetError
 from m2det_impl.exit_codes import EXIT_OK
 from m2det_impl.gating.machine import MACHINE_KEYS
@@ -302,9 +302,10 @@ def run_regress(baseline_path: PathLike, current_path: PathLike, out: Optional[P
     if baseline is not None:
         cmp = compare(baseline, current, baseline_path=str(baseline_path), current_path=str(current_path),
                       allow_other_machine=allow_other_machine, allow_other_workload=allow_other_workload)
-        announce(cmp)
-        folder = Path(out) if out is not None else current_path.parent
-        json_path, md_path = write_report(cmp, folder)
+        # the folder is proven writable before the table is printed: an error after 45 rows is easy to miss
+        with output_folder(Path(out) if out is not None else current_path.parent) as folder:
+            announce(cmp)
+            json_path, md_path = write_report(cmp, folder)
         logger.log(RESULT, f"regress: {cmp.status} -> {json_path}, {md_path}")
         code = cmp.exit_code
     else:

@@ -392,3 +392,15 @@ def test_tolerance_statistics_of_saved_runs(tmp_path, cfg512):
 ])
 def test_platform_names(identity, precision, runtime, name):
     assert platform_name(identity, precision, runtime) == name
+
+
+def test_an_unwritable_output_is_named_before_the_table(tmp_path, capsys):
+    """The second trial: on a read-only output the whole table was printed, then the error; the folder is
+    checked first now, so the one line is all there is."""
+    blocker = _write(tmp_path / "a-file", {})
+    b = _write(tmp_path / "baseline.json", _baseline())
+    c = _write(tmp_path / "current.json", _current())
+    code = main(["regress", "--baseline", str(b), "--current", str(c), "--output", str(blocker / "out")])
+    captured = capsys.readouterr()
+    assert code == EXIT_ERROR and captured.out == "", captured.out
+    assert f"{blocker / 'out'}: output folder is not writable" in captured.err

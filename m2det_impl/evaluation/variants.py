@@ -312,9 +312,12 @@ def forecast_markdown(data: Mapping[str, object]) -> str:
             ap = comparison["ap"]
             lines.append(f"- AP@[.50:.95] over {ap['images']} images: float32 {ap['reference']:.4f}, "
                          f"fp16 forecast {ap['candidate']:.4f}, change **{ap['change'] * 100:+.2f} points**")
-    lines += ["", f"Layers measured: {data['layers_reported']}; over Ascend's comparison thresholds "
-                  f"(cosine < {th['cosine_min']} or relative Euclidean distance > {th['rel_l2_max']}): "
-                  f"**{data['layers_over_threshold']}**.", ""]
+    if data["layers_reported"]:
+        lines += ["", f"Layers measured: {data['layers_reported']}; over Ascend's comparison thresholds "
+                      f"(cosine < {th['cosine_min']} or relative Euclidean distance > {th['rel_l2_max']}): "
+                      f"**{data['layers_over_threshold']}**.", ""]
+    else:  # --no-layers: a count of 0 over thresholds would claim a check that was not made
+        lines += ["", "Layers: not measured (--no-layers); no layer was held to Ascend's comparison thresholds.", ""]
     first = data.get("first_over_threshold") or []
     if first:
         lines += ["First layers over the thresholds (execution order; keep them in float32 with atc "

@@ -53,9 +53,12 @@ _STATISTICS = ("max_abs", "mean_abs", "peak_rel", "rel_l2", "cosine_distance", "
 
 def dataset_identity(annotation_file: PathLike) -> str:
     """``<file name>#sha256:<12 hex>``: the same file on any machine, any checkout."""
+    from m2det_impl.pipeline.dataset import coco_records
+
     path = Path(annotation_file)
     if not path.is_file():
         raise InputFileError(path, "annotation file not found")
+    coco_records(path, Path("."))  # read as a COCO annotation file: a damaged one never names a workload
     return f"{path.name}#sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from m2det_impl._io import PathLike, atomic_write_json, output_files, read_json_object
-from m2det_impl.errors import InputFileError
+from m2det_impl.errors import InputFileError, UsageError
 from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 from m2det_impl.gating.gates import min_ap_gate
 from m2det_impl.logs import RESULT, get_logger
@@ -105,6 +105,11 @@ def merge_shards(shards: Sequence[PathLike], results: PathLike, summary: PathLik
             if limit:
                 expected = sorted(expected)[:limit]
         merged, image_ids, skipped = merge_shard_files(files, expected)
+        beyond = sorted(set(image_ids) - set(expected)) if expected is not None else []
+        if beyond:  # scoring them would measure another selection than the one asked for
+            raise UsageError(f"the shards hold {len(beyond)} image(s) outside the {len(expected)} this merge "
+                             f"expects (e.g. image id {beyond[0]}): give the --limit the shards were run with"
+                             + (f" (not {limit})" if limit else ""))
     results_path = atomic_write_json(results, merged)
     logger.log(RESULT, f"merged {len(files)} shards: {len(image_ids)} images, {len(merged)} detections -> {results_path}")
     if annotations is None:

@@ -290,6 +290,8 @@ def test_compare_emulate_cli_with_mixed_precision(tmp_path, small_export, small_
     assert comparison["ap"]["images"] == 1 and comparison["detections"]["object_level"]["detections_reference"] > 0
     text = (tmp_path / "compare.md").read_text()
     assert "allow_mix_precision" in text and "AP@[.50:.95]" in text
+    # the second trial: --no-layers printed "over thresholds: **0**", a check that was not made
+    assert "Layers: not measured (--no-layers)" in text and "over Ascend's comparison thresholds" not in text
     assert not (tmp_path / "keep_dtype.cfg").exists()
     assert "fp16 forecast" in capsys.readouterr().out
 

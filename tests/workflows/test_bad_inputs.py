@@ -203,3 +203,16 @@ def test_compare_given_a_runs_json_files_asks_for_the_folder(tmp_path, capsys):
         == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "give its folder" in err[0] and "pickle" not in err[0], err
+
+
+def test_collect_reads_the_annotation_file_that_names_its_workload(tmp_path):
+    """The second trial: ``collect --annotations`` of a truncated JSON recorded it as the dataset (by hash)."""
+    from m2det_impl.errors import InputFileError
+    from m2det_impl.gating.collect import dataset_identity
+
+    bad = tmp_path / "instances.json"
+    bad.write_text('{"images": [')
+    with pytest.raises(InputFileError, match="instances.json: annotation file is not valid JSON"):
+        dataset_identity(bad)
+    assert dataset_identity(MINI_COCO / "annotations" / "instances_minival2014.json").startswith(
+        "instances_minival2014.json#sha256:")

@@ -171,10 +171,11 @@ def _ap_rows(summaries: Sequence[dict], runs: Sequence[str]) -> List[str]:
             "|---|---|---|---|---|---|---|---|---|"]
     for s, run in zip(summaries, runs):
         ident = s.get("identity", {})
+        kind = _weights_kind(s)  # golden weights or no model: a delta to the published AP would mean nothing
+        delta = {"golden": "n/a (golden weights)", "none": "n/a (no model)"}.get(kind, f"{s['ap'] - PUBLISHED_AP:+.4f}")
         rows.append(
             f"| {_cell(run)} | {ident.get('backend', '?')} | {s.get('batch_size', '?')} | {s.get('num_images', '?')} | "
-            f"{s.get('dataset', '?')} | {s['ap']:.4f} | {PUBLISHED_AP:.3f} | {s['ap'] - PUBLISHED_AP:+.4f} | "
-            f"{_cell(weights_label(s))} |"
+            f"{s.get('dataset', '?')} | {s['ap']:.4f} | {PUBLISHED_AP:.3f} | {delta} | {_cell(weights_label(s))} |"
         )
     return rows
 

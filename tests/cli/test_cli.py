@@ -194,6 +194,7 @@ def test_run_writes_results_summary_and_report(full_run):
     for name in ("report.md", "report.json", "detections.png"):
         assert (full_run / name).stat().st_size > 0
     assert "golden" in (full_run / "report.md").read_text().lower()
+    assert "| n/a (golden weights) |" in (full_run / "report.md").read_text()  # never a delta to 0.378
 
 
 def test_run_results_equal_the_guide_flow(tmp_path, full_run, onnx_path, small_cfg, small):

@@ -91,6 +91,7 @@ def test_a_simulated_run_records_no_weights_and_says_so_on_its_picture(tmp_path,
     text = (out / "report.md").read_text()
     assert "No model" in text and "none: simulated NPU" in text
     assert "pass --weights" not in text.lower()
+    assert "| n/a (no model) |" in text  # the second trial: no delta to the published AP of a model not run
 
 
 def test_bench_json_records_the_weights(tmp_path):

@@ -90,6 +90,9 @@ def merge_shards(shards: Sequence[PathLike], results: PathLike, summary: PathLik
     from m2det_impl.pipeline.evaluate import score_results
     from m2det_impl.pipeline.shards import merge_shard_files
 
+    if annotations is None and limit:  # the first N annotated images: without annotations it would be ignored
+        raise UsageError(f"--limit {limit} selects the first {limit} annotated images: give --annotations "
+                         "(bundled for the mini COCO set), or drop --limit")
     if annotations is None and min_ap is not None:
         verdict = min_ap_gate(None, min_ap, "no AP can be measured without --annotations")
         logger.info(verdict.message)

@@ -235,6 +235,10 @@ def test_run_resumes_without_redoing_or_duplicating(tmp_path, full_run, onnx_pat
     captured = capsys.readouterr()
     assert "3 of 3 images already done" in captured.err
     assert (out / "results.json").read_text() == (full_run / "results.json").read_text()
+    # the re-trial: a run whose every image was resumed kept the end-to-end speed and lost the inference one
+    first, again = (json.loads((f / "summary.json").read_text()) for f in (full_run, out))
+    for key in ("images_per_second", "inference_images_per_second"):
+        assert again[key] == first[key] > 0, key
     # the second trial: a resume at another batch recorded batch 2 beside the speed batch 1 had measured
     summary = (out / "summary.json").read_text()
     assert _run(out, onnx_path, "--no-report", "--batch-size", "1") == EXIT_ERROR
@@ -262,6 +266,10 @@ def test_shards_merge_to_the_unsharded_results(tmp_path, full_run, onnx_path):
     assert main(["merge", str(shards), "--annotations", str(ANN), "--limit", "2", "--results",
                  str(tmp_path / "m2" / "m.json"), "--summary", str(tmp_path / "m2" / "ms.json")]) == EXIT_ERROR
     assert not (tmp_path / "m2").exists()
+    # and --limit without --annotations selected nothing, silently (the re-trial)
+    assert main(["merge", str(shards), "--limit", "2", "--results", str(tmp_path / "m3" / "m.json"),
+                 "--summary", str(tmp_path / "m3" / "ms.json")]) == EXIT_ERROR
+    assert not (tmp_path / "m3").exists()
 
 
 def test_corrupt_image_stops_the_run_naming_it(tmp_path, onnx_path, small, capsys):

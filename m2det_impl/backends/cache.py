@@ -286,11 +286,26 @@ def export_weights_tag(path: PathLike) -> Optional[str]:
     """The weights tag (``golden0``, ``ckpt-...``) an ONNX file of this cache was exported from, or
     ``None`` when the file is not a cache entry."""
     path = Path(path).resolve()
-    meta = path.parent / ENTRY_FILE
     try:
-        if cache_dir().resolve() not in path.parents or not meta.is_file():
+        root = cache_dir().resolve()
+        if root not in path.parents:
+            path = _entry_linked_as(path, root)  # m2det export hands out a hard link to the entry
+            if path is None:
+                return None
+        meta = path.parent / ENTRY_FILE
+        if not meta.is_file():
             return None
         tag = json.loads(meta.read_text()).get("weights")
     except (OSError, ValueError, AttributeError):
         return None
     return tag if isinstance(tag, str) else None
+
+
+def _entry_linked_as(path: Path, root: Path) -> Optional[Path]:
+    """The cache entry that ``path`` is a hard link of (the same file, by device and inode), if any: what
+    ``m2det export`` wrote into its output folder. Only sizes and inodes are read."""
+    size = path.stat().st_size
+    for entry in root.glob("*/*/*.onnx"):
+        if entry.stat().st_size == size and os.path.samefile(entry, path):
+            return entry
+    return None

@@ -150,3 +150,21 @@ class _CleanCensus:
 
     def summary(self) -> str:
         return "no Resize"
+
+
+def test_a_dynamic_batch_line_over_a_flagged_export_says_so(tmp_path, monkeypatch):
+    """The re-trial: the dynamic-batch route wrote its atc line for an export the census flags 40 times,
+    and said so only as a count. The script is still written (atc may fold the sizes per gear; no 310P
+    has confirmed either way), with a warning naming the static route."""
+    from m2det_impl.backends.ascend.atc import write_build_files
+
+    class Flagged(_CleanCensus):
+        violations = ("Resize /unet1/Resize: inputs are computed", "Resize /unet2/Resize: inputs are computed")
+        ok = False
+
+    monkeypatch.setattr("m2det_impl.backends.ascend.atc.atc_census", lambda path: Flagged())
+    (tmp_path / "m2det512.onnx").write_bytes(b"onnx")
+    lines = write_build_files({None: tmp_path / "m2det512.onnx"}, tmp_path, dynamic_batches=(1, 4))
+    warning = [line for line in lines if line.startswith("WARNING")]
+    assert len(warning) == 1 and "flags 2 times" in warning[0] and "--batch 1 --batch 4" in warning[0]
+    assert "--dynamic_batch_size=1,4" in (tmp_path / "atc_build.sh").read_text()

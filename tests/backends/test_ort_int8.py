@@ -205,6 +205,8 @@ def test_export_int8_copies_the_cached_model(tmp_path, int8_record, small, capsy
     out = capsys.readouterr().out
     path = tmp_path / "m2det320_int8.onnx"
     assert path.read_bytes() == int8_record.path.read_bytes() and "(cached)" in out and "opset 13" in out
+    # the re-trial: the printed command ran the int8 model on the float32 runtime, recorded as float32
+    assert f"m2det run --backend onnxruntime-int8 --onnx {path}" in out
     meta = json.loads((tmp_path / "m2det320_int8.json").read_text())
     assert len(meta["calibration_files"]) == CALIB_IMAGES and meta["float_ops"] == {"Softmax": 1}
     assert main(["export", "--int8", "--batch", "1", "--output", str(tmp_path), *small]) == EXIT_ERROR

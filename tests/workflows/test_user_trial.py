@@ -407,3 +407,26 @@ def test_a_gate_over_a_folder_nothing_lists_fails_unless_partial_is_allowed(tmp_
     assert _evaluate(tmp_path, out, annotations, "--min-ap", "0.0", "--allow-partial") == EXIT_OK
     assert json.loads((tmp_path / "summary.json").read_text())["allow_partial"] is True
     assert _evaluate(tmp_path, out, annotations) == EXIT_OK  # no gate asked for: scored as it is
+
+
+def test_an_export_handed_out_as_a_hard_link_still_says_what_it_was_made_from(tmp_path, monkeypatch):
+    """The re-trial: a run on models/m2det512_bs4.onnx (written by m2det export without --weights) showed
+    a delta to the published AP and no golden warning: the file outside the cache named no weights."""
+    from m2det_impl._io import atomic_link_or_copy
+    from m2det_impl.backends.cache import cached_file, export_weights_tag
+    from m2det_impl.backends.spec import ModelSpec
+
+    monkeypatch.setenv("M2DET_CACHE_DIR", str(tmp_path / "cache"))
+    def build(path):
+        path.write_bytes(b"model bytes")
+
+    record = cached_file("onnx", {"weights": "golden0", "batch": "4"}, "m2det512_bs4.onnx", build)
+    handed = tmp_path / "models" / "m2det512_bs4.onnx"
+    handed.parent.mkdir()
+    assert atomic_link_or_copy(record.path, handed) is True
+    assert export_weights_tag(handed) == "golden0"
+    spec = ModelSpec(onnx=handed)
+    assert spec.golden_numbers(spec.weights_record()) is True
+    stranger = tmp_path / "models" / "other.onnx"
+    stranger.write_bytes(b"model bytes")  # the same bytes, another file: not the cache's
+    assert export_weights_tag(stranger) is None

@@ -288,9 +288,10 @@ def write_build_files(files: Mapping[Optional[int], Path], out_dir: Path, *, soc
     one dynamic-batch ``.om`` from the dynamic export. Returns the lines to show the user."""
     lines: List[str] = []
     details: List[str] = []
+    counts: Dict[Path, int] = {}
     for batch, path in files.items():
         report = atc_census(path)
-        problems = len(report.violations) + len(report.unsupported)
+        problems = counts[Path(path)] = len(report.violations) + len(report.unsupported)
         first = report.summary().splitlines()[0]
         lines.append(f"{path.name}: atc census " + ("ok" if report.ok else f"{problems} problem(s) for atc")
                      + f"; {first}")
@@ -310,6 +311,12 @@ def write_build_files(files: Mapping[Optional[int], Path], out_dir: Path, *, soc
                                        else "Builds the .om files")
         lines.append(f"atc commands -> {out}:")
         lines.append(out.read_text().rstrip("\n"))
+        flagged = counts.get(Path(files[None]), 0) if dynamic else 0
+        if flagged:  # the script is written all the same: atc may fold them per gear (unverified on a 310P)
+            lines.append(f"WARNING: the dynamic-batch line builds from {Path(files[None]).name}, which the census "
+                         f"flags {flagged} times (Resize sizes computed from the batch; atc_census.txt). atc fixes "
+                         f"each gear's shapes and may fold them, which no 310P has confirmed: if atc rejects it, "
+                         f"build static .om files instead (m2det export --batch 1 --batch 4 ...)")
     else:
         lines.append("dynamic-batch export (for ONNX Runtime); atc needs static exports (--batch B, repeatable) "
                      "or gears for one dynamic-batch .om (--dynamic-batch-sizes 1,4,8)")

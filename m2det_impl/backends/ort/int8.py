@@ -346,7 +346,7 @@ def write_int8_model(cfg: M2DetConfig, out_dir: Path, *, weights: Optional[PathL
         f"{info['quantize_linear']} QuantizeLinear; kept float: {info['float_ops'] or 'none'}), "
         f"{info['bytes'] / 1e6:.1f} MB; quantized in {record.seconds:.1f} s" + (" (cached)" if record.reused else ""),
         f"calibrated on {len(record.calibration)} images: " + ", ".join(Path(f).name for f in record.calibration),
-        f"run it: m2det run --onnx {path}   (or --backend onnxruntime-int8); "
+        f"run it: m2det run --backend onnxruntime-int8 --onnx {path} (the int8 runtime, so the records say int8); "
         f"against float32: m2det compare --int8 --int8-onnx {path}",
     ]
     return path, lines

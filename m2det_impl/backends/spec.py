@@ -89,6 +89,21 @@ class ModelSpec:
             return {"kind": "golden"}
         return {"kind": "checkpoint", "path": str(Path(self.weights).resolve()), "sha256": sha256_file(self.weights)}
 
+    def batch_asked(self) -> object:
+        """The batch a job asks for, as its journal or job record keeps it: :attr:`batch_size`, else the batch
+        it runs without one (an ONNX file's static batch, read from its header; 1 for a dynamic model), so
+        that leaving ``--batch-size`` out and giving that batch are one job. An ``.om``'s own batch is known
+        only once it is opened: "the model's own"."""
+        if self.batch_size is not None:
+            return self.batch_size
+        if self.om is not None:
+            return "the model's own"
+        if self.onnx is not None:
+            from m2det_impl.network.onnx_header import image_input
+
+            return image_input(self.onnx).static_batch or 1
+        return 1
+
     def golden_numbers(self, record: Dict[str, object]) -> bool:
         """Whether golden weights produced the numbers that ``record`` (:meth:`weights_record`) describes: none
         given, or a cached export made from them (what the run summary's ``golden_weights`` says)."""

@@ -388,7 +388,7 @@ def _infer_files(files: Sequence[str], cfg: M2DetConfig, model: ModelSpec, outpu
     if resume:
         from m2det_impl.pipeline.ais_resume import job_record, plan_folder
 
-        job = job_record(model.identity(cfg), model.weights_record(), cfg, paths, batch_size=model.batch_size,
+        job = job_record(model.identity(cfg), model.weights_record(), cfg, paths, batch_size=model.batch_asked(),
                          outfmt=outfmt)
         plan = plan_folder(output, job, paths, cfg, output_dirname=output_dirname, fresh=fresh)
     try:

@@ -89,22 +89,6 @@ def _speed(outcome, earlier: Optional[dict]) -> dict:
     return {"images_per_second": None, "images_per_second_from": "not measured: every image was resumed"}
 
 
-def _batch_asked(model: ModelSpec, batch_size: Optional[int]):
-    """The batch a run asks for, as its journal records it: ``--batch-size``, else the batch it runs
-    without one (an ONNX file's static batch, read from its header; 1 for a dynamic model), so that
-    leaving ``--batch-size`` out and giving that batch are one run. An ``.om``'s own batch is known
-    only once it is opened: "the model's own"."""
-    if batch_size is not None:
-        return batch_size
-    if model.om is not None:
-        return "the model's own"
-    if model.onnx is not None:
-        from m2det_impl.network.onnx_header import image_input
-
-        return image_input(model.onnx).static_batch or 1
-    return 1
-
-
 def _inference_rate(outcome) -> float:
     """Images per second of the backend's calls alone (no decoding, no post-processing): the figure printed
     beside the end-to-end one, and recorded with it."""
@@ -188,7 +172,7 @@ def _run_in(out, dataset, records, annotations, cfg, model, parsed, shard, *, ba
     earlier = _earlier_speed(out / "summary.json", identity)  # before this run rewrites the summary
     tag = f"shard-{parsed[0]}-of-{parsed[1]}" if parsed else "full"
     # the batch too: the summary records one batch and one speed, so a resume at another batch is refused
-    journaled = {**identity, "batch_size": _batch_asked(model, batch_size)}
+    journaled = {**identity, "batch_size": replace(model, batch_size=batch_size).batch_asked()}
     store = PartialStore(out / f".partial.{tag}.jsonl", journaled, fresh=fresh, lock=True)
     try:
         wanted = {r.image_id for r in records}

@@ -220,13 +220,15 @@ def test_collect_reads_the_annotation_file_that_names_its_workload(tmp_path):
 
 def test_a_run_asks_for_the_batch_it_runs_whether_or_not_it_names_it(tmp_path):
     """The re-trial: after an interrupted run without --batch-size, the same run with --batch-size 1 (the
-    batch it ran) was refused as "a different run ('default' then, 1 now)". The journal records the batch
-    a run asks for: a dynamic model's 1, a static ONNX file's own (from its header), an .om's own."""
+    batch it ran) was refused as "a different run ('default' then, 1 now)", and infer started a new folder
+    ("None then, 1 now"). Journal and job record keep the batch a job asks for: a dynamic model's 1, a
+    static ONNX file's own (from its header), an .om's own."""
+    from dataclasses import replace
+
     import onnx
     from onnx import TensorProto, helper
 
     from m2det_impl.backends.spec import ModelSpec
-    from m2det_impl.workflows.run import _batch_asked
 
     def model(batch):
         graph = helper.make_graph([helper.make_node("Identity", ["image"], ["scores"])], "tiny",
@@ -236,8 +238,11 @@ def test_a_run_asks_for_the_batch_it_runs_whether_or_not_it_names_it(tmp_path):
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), path)
         return path
 
+    def asked(spec, batch):
+        return replace(spec, batch_size=batch).batch_asked()
+
     dynamic, static = ModelSpec(onnx=model("batch")), ModelSpec(onnx=model(3))
-    assert _batch_asked(dynamic, None) == _batch_asked(dynamic, 1) == 1 != _batch_asked(dynamic, 2)
-    assert _batch_asked(static, None) == _batch_asked(static, 3) == 3
-    assert _batch_asked(ModelSpec(), None) == 1  # the cached export is dynamic
-    assert _batch_asked(ModelSpec(backend="om", om=tmp_path / "m.om"), None) == "the model's own"
+    assert asked(dynamic, None) == asked(dynamic, 1) == 1 != asked(dynamic, 2)
+    assert asked(static, None) == asked(static, 3) == 3
+    assert asked(ModelSpec(), None) == 1  # the cached export is dynamic
+    assert asked(ModelSpec(backend="om", om=tmp_path / "m.om"), None) == "the model's own"

@@ -271,3 +271,20 @@ def test_the_interrupt_message_says_whether_this_infer_resumes(monkeypatch, caps
     err = capsys.readouterr().err
     assert words in err and ("run the same command again to resume" in err) is resumes
     assert ("starts over" in err) is not resumes
+
+
+def test_the_batch_it_ran_named_or_not_is_one_job(files, tmp_path, monkeypatch, capsys):
+    """The re-trial: an interrupted infer without --batch-size, run again with --batch-size 1 (the batch it
+    ran), was "another job (None then, 1 now)": a second folder, which evaluate then refused."""
+    _, model, inputs = files
+    out = tmp_path / "out"
+    plain = ["infer", "--onnx", str(model), "--size", str(SIZE), "--inputs", str(inputs), "--output", str(out),
+             "--quiet"]
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 1)
+        assert main(plain) == EXIT_INTERRUPTED
+    (folder,) = _folders(out)
+    capsys.readouterr()
+    assert main([*plain, "--batch-size", "1"]) == EXIT_OK
+    assert f"resuming {folder}: 1 of {INPUTS} inputs already done" in capsys.readouterr().err
+    assert _folders(out) == [folder]

@@ -95,7 +95,12 @@ def results_from_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetCon
     categories = category_ids(load_annotations(annotations))
     sizes = {stem: (r.width, r.height) for stem, r in images.items()}
     if image_info:
-        sizes.update({stem: (e.width, e.height) for stem, e in read_info(image_info).items()})
+        entries = read_info(image_info)
+        if entries and all(e.path.lower().endswith(".bin") for e in entries.values()):
+            raise InputFileError(image_info, "lists .bin inputs: it is the bin info file, whose sizes are the "
+                                             "model's input, not the images' (boxes would be scaled wrongly); "
+                                             "give the jpg info file (NAME_jpg.info)")
+        sizes.update({stem: (e.width, e.height) for stem, e in entries.items()})
     pairs, problems = scan_outputs(outputs, cfg)
     skipped = {p.stem: p.message for p in problems}
     unknown = [p.stem for p in pairs if p.stem not in images]

@@ -213,6 +213,11 @@ def test_run_results_equal_the_guide_flow(tmp_path, full_run, onnx_path, small_c
     assert main(["evaluate", "--outputs", str(outs), "--annotations", str(ANN), "--image-info",
                  str(prep / "m2det_jpg.info"), "--results", str(tmp_path / "r.json"),
                  "--summary", str(tmp_path / "s.json"), "--quiet", "--size", str(small_cfg.size)]) == EXIT_OK
+    # the re-trial: the bin info file given as --image-info scaled every box by 512x512 sizes, exit 0
+    assert main(["evaluate", "--outputs", str(outs), "--annotations", str(ANN), "--image-info",
+                 str(prep / "m2det_bin.info"), "--results", str(tmp_path / "rb.json"), "--summary",
+                 str(tmp_path / "sb.json"), "--quiet", "--size", str(small_cfg.size)]) == EXIT_ERROR
+    assert not (tmp_path / "rb.json").exists()
     # the second trial: evaluate's summary named no weights; infer's notes beside its summary carry them
     weights = json.loads((tmp_path / "s.json").read_text())["weights"]
     assert weights == json.loads((full_run / "summary.json").read_text())["weights"]

@@ -154,9 +154,8 @@ def _refuse(option: str, entry, noun: str, why: Optional[str], takers: List[str]
 
 def _check_options_and_runtime(spec: "ModelSpec", device_ids: Sequence[int] = (), readers: Sequence = ()) -> None:
     entry = spec.runtime
-    check_model_file(spec.weights, _WHAT["weights"], CheckpointError)
-    check_model_file(spec.onnx, _WHAT["onnx"])
-    check_model_file(spec.om, _WHAT["om"])
+    # an option the runtime does not read is refused before its file is looked for: "not found" would
+    # send the user hunting for a file the job never needed
     if spec.weights is not None and not entry.loads_weights:
         raise InputFileError(Path(spec.weights), f"--weights is not read by --backend {entry.name} (it loads no "
                                                  f"checkpoint), so these weights would be credited without being "
@@ -167,6 +166,9 @@ def _check_options_and_runtime(spec: "ModelSpec", device_ids: Sequence[int] = ()
         raise InputFileError(Path(spec.weights), f"--weights is not used when {given} is given (the model file "
                                                  f"brings its own weights): drop --weights, or drop {given} to "
                                                  f"export these weights")
+    check_model_file(spec.weights, _WHAT["weights"], CheckpointError)
+    check_model_file(spec.onnx, _WHAT["onnx"])
+    check_model_file(spec.om, _WHAT["om"])
     if spec.dump is not None and entry.read_dumps is None:
         takers = ", ".join(n for n, e in runtimes().items() if e.read_dumps is not None)
         raise InputFileError(Path(spec.dump), f"--dump is for --backend {takers} (a device that dumps every "

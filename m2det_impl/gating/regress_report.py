@@ -71,6 +71,15 @@ def _banner(cmp: Comparison) -> List[str]:
     return lines
 
 
+def _own_baseline_hint(cmp: Comparison) -> str:
+    """How to gate a machine the baseline was not measured on: a shipped baseline
+    (measured on one CPU model) cannot gate another, so the user records their own once."""
+    if not any(m.section == "machine" for m in cmp.blocking):
+        return ""
+    return ("To gate this machine, record its own baseline once, review it and keep it: "
+            f"m2det regress --baseline MY_MACHINE.json --current {cmp.current_path} --update")
+
+
 def markdown_report(cmp: Comparison) -> str:
     lines = [f"# m2det regress: {cmp.platform}", "",
              f"- baseline: `{cmp.baseline_path}`", f"- current: `{cmp.current_path}`",
@@ -78,7 +87,10 @@ def markdown_report(cmp: Comparison) -> str:
     if cmp.mismatches:
         head = ("> **WARNING: measured on another machine or workload; NOTHING WAS GATED.**" if not cmp.gated
                 else "> **WARNING: machine or workload differs; gated anyway as asked.**")
-        lines += [head, ">"] + [f"> - {line}" for line in _banner(cmp)] + [""]
+        lines += [head, ">"] + [f"> - {line}" for line in _banner(cmp)]
+        if _own_baseline_hint(cmp):
+            lines += [">", f"> {_own_baseline_hint(cmp)}"]
+        lines.append("")
     for note in cmp.notes:
         lines.append(f"> {note}")
     if cmp.notes:
@@ -133,6 +145,8 @@ def announce(cmp: Comparison) -> None:
         logger.warning("!!! " + ("NOTHING IS GATED: figures from different machines or workloads are not comparable. "
                       "Pass --allow-other-machine / --allow-other-workload to gate anyway."
                       if not cmp.gated else "gating anyway, as asked"))
+        if _own_baseline_hint(cmp):
+            logger.warning("!!! " + _own_baseline_hint(cmp))
         logger.warning(bar)
     for note in cmp.notes:
         logger.log(RESULT, f"note: {note}")

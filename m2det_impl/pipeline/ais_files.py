@@ -103,6 +103,19 @@ def write_outputs(folder: PathLike, stem: str, scores: np.ndarray, loc: np.ndarr
     return scores_path, loc_path
 
 
+def _other_preset_hint(nbytes: Optional[int], cfg: M2DetConfig) -> str:
+    """Why an output file has the wrong size: another preset's outputs (evaluate ``--size 320`` over
+    M2Det512's outputs) are named as such with the ``--size`` that reads them, else truncation or
+    another model is the guess."""
+    from m2det_impl.network.config import SUPPORTED_SIZES, get_config
+
+    for size in SUPPORTED_SIZES:
+        other = get_config(size)
+        if size != cfg.size and nbytes in expected_sizes(other).values():
+            return f"(the size of M2Det{size}'s outputs: give --size {size})"
+    return "(truncated or from another model?)"
+
+
 def scan_outputs(folder: PathLike, cfg: M2DetConfig) -> Tuple[List[OutputPair], List[OutputProblem]]:
     """Find every image's output pair under ``folder`` (recursively, since
     ais_infer writes into a time-stamped sub-folder). Returns the complete pairs
@@ -153,8 +166,9 @@ def scan_outputs(folder: PathLike, cfg: M2DetConfig) -> Tuple[List[OutputPair], 
                 kind = next((k for k, v in sizes.items() if v == count * 4), None) if count is not None else None
                 found_text = "unreadable" if count is None else f"{count} values"
             if kind is None:
+                nbytes = size if path.suffix == ".bin" else (count * 4 if count is not None else None)
                 bad.append(f"{path}: {found_text}, expected {describe['scores']} or {describe['loc']} "
-                           "(truncated or from another model?)")
+                           + _other_preset_hint(nbytes, cfg))
             else:
                 by_kind[kind].append(path)
         if bad:

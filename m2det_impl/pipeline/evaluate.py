@@ -108,7 +108,8 @@ def results_from_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetCon
         raise M2DetError(f"{outputs}: {len(unknown)} output(s) for images not in {annotations}, e.g. {unknown[0]}")
     if problems and not skip_bad:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-        raise M2DetError(problems[0].message + more + "; use --skip-bad to record and go on")
+        # with no output readable, skipping the bad ones would score nothing: no --skip-bad advice then
+        raise M2DetError(problems[0].message + more + ("; use --skip-bad to record and go on" if pairs else ""))
     listed, listed_by = listed_inputs(outputs, image_info)
     found = {p.stem for p in pairs} | set(skipped)
     for stem in sorted(set(listed) - found):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from m2det_impl._io import PathLike, is_int
 from m2det_impl.errors import InputFileError, M2DetError, UsageError
@@ -127,12 +127,23 @@ def merge_shard_files(paths: Sequence[PathLike], expected_ids: Optional[Iterable
         results.extend(data["results"])
         skipped.update({int(k): v for k, v in data.get("skipped", {}).items()})
     if expected_ids is not None:
-        uncovered = sorted(set(expected_ids) - set(owner))
+        expected = sorted(set(expected_ids))
+        uncovered = sorted(set(expected) - set(owner))
         if uncovered:
-            raise M2DetError(f"{len(uncovered)} image(s) covered by no shard, e.g. {uncovered[:5]}")
+            raise M2DetError(f"{len(uncovered)} image(s) covered by no shard, e.g. {uncovered[:5]}"
+                             + _limit_hint(expected, set(owner)))
     ids = sorted(owner)
     results.sort(key=lambda r: r["image_id"])  # stable: keeps each image's own order
     return results, ids, skipped
+
+
+def _limit_hint(expected: Sequence[int], covered: Set[int]) -> str:
+    """Shards run with ``--limit K`` cover exactly the first K images of the set: say so, since a
+    merge without the same ``--limit`` expects them all (the re-trial's merge gave no clue)."""
+    if covered and covered == set(expected[: len(covered)]):
+        return (f": the shards cover exactly the first {len(covered)} images, as a run with --limit "
+                f"{len(covered)} does: give merge the same --limit {len(covered)}")
+    return ""
 
 
 def parse_shard(text: str) -> Tuple[int, int]:

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from m2det_impl._io import PathLike, atomic_write_json, output_files, read_json_object
+from m2det_impl._io import PathLike, atomic_write_json, is_int, output_files, read_json_object
 from m2det_impl.errors import InputFileError, UsageError
 from m2det_impl.exit_codes import EXIT_GATE_FAILED, EXIT_OK
 from m2det_impl.gating.gates import min_ap_gate
@@ -61,7 +61,7 @@ def evaluate_outputs(outputs: PathLike, annotations: PathLike, cfg: M2DetConfig,
                          extra={"skipped": scored.skipped, "not_scored": len(scored.skipped),
                                 "listed": scored.listed, "listed_by": scored.listed_by,
                                 "allow_partial": allow_partial, "outputs": str(outputs),
-                                **_weights_fields(_weights_of_outputs(scored.listed_by))})
+                                **_record_of_outputs(scored.listed_by)})
     announce(data, summary)
     # a folder that may be partial fails the gate before its AP is held to --min-ap: one verdict, never
     # "gate passed" on stdout and "GATE FAILED" on stderr
@@ -127,9 +127,11 @@ UNKNOWN_WEIGHTS = {"kind": "unknown", "why": "scored from output files; nothing 
                                              "that wrote them (m2det infer keeps it in <folder>_m2det.json)"}
 
 
-def _weights_of_outputs(listed_by: Sequence[str]) -> Dict[str, object]:
-    """What produced an output folder's numbers: the weights record ``m2det infer`` keeps beside its
-    ais summary (``<folder>_m2det.json``); another tool's outputs say nothing of their model."""
+def _record_of_outputs(listed_by: Sequence[str]) -> Dict[str, object]:
+    """What produced an output folder's numbers, as a run's summary records it: the weights record, and
+    the model's identity and batch, that ``m2det infer`` keeps beside its ais summary
+    (``<folder>_m2det.json``), so that ``report`` and ``collect`` name the backend and batch of an
+    evaluated folder (the re-trial saw ``?``). Another tool's outputs say nothing of their model."""
     for source in listed_by:
         if source.endswith("_summary.json"):
             try:
@@ -138,8 +140,13 @@ def _weights_of_outputs(listed_by: Sequence[str]) -> Dict[str, object]:
                 continue
             record = notes.get("weights")
             if isinstance(record, dict) and record.get("kind"):
-                return record
-    return dict(UNKNOWN_WEIGHTS)
+                fields = _weights_fields(record)
+                if isinstance(notes.get("identity"), dict):
+                    fields["identity"] = notes["identity"]
+                if is_int(notes.get("batch_size")):
+                    fields["batch_size"] = notes["batch_size"]
+                return fields
+    return _weights_fields(dict(UNKNOWN_WEIGHTS))
 
 
 def _weights_fields(record: Dict[str, object]) -> Dict[str, object]:

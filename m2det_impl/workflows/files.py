@@ -435,8 +435,8 @@ def _infer_files(files: Sequence[str], cfg: M2DetConfig, model: ModelSpec, outpu
         summary = writer.finish(batch_size=batch, execute_times_ms=times, clock=clock, h2d_ms=h2d, d2h_ms=d2h,
                                 warmup_executes=warmup, order=paths,
                                 extra={"backend": model.backend, "weights": model.weights_record(),
-                                       "device": model.device_id, "inputs": len(paths),
-                                       **_resume_notes(resumed, len(todo))})
+                                       "identity": model.identity(cfg), "device": model.device_id,
+                                       "inputs": len(paths), **_resume_notes(resumed, len(todo))})
         if plan is not None:
             from m2det_impl.pipeline.ais_resume import finish_folder
 
@@ -511,7 +511,8 @@ def _finish_resumed(paths: Sequence[Path], plan, cfg: M2DetConfig, model: ModelS
         writer.adopt(path)
     summary = writer.finish(batch_size=batch, execute_times_ms=[], order=paths,
                             extra={"backend": model.backend, "weights": model.weights_record(),
-                                   "device": model.device_id, "inputs": len(paths), **_resume_notes(len(paths), 0)})
+                                   "identity": model.identity(cfg), "device": model.device_id, "inputs": len(paths),
+                                   **_resume_notes(len(paths), 0)})
     finish_folder(plan)
     now = time.time()
     logger.log(RESULT, f"{len(paths)} inputs -> {folder}: every output was written before the interruption; "

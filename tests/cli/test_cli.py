@@ -222,6 +222,17 @@ def test_run_results_equal_the_guide_flow(tmp_path, full_run, onnx_path, small_c
     weights = json.loads((tmp_path / "s.json").read_text())["weights"]
     assert weights == json.loads((full_run / "summary.json").read_text())["weights"]
     assert weights["kind"] == "onnx" and weights["path"] == str(Path(onnx_path).resolve())
+    # the re-trial: report and collect showed "?" for an evaluated folder's backend and batch
+    scored = json.loads((tmp_path / "s.json").read_text())
+    run_identity = json.loads((full_run / "summary.json").read_text())["identity"]
+    assert scored["batch_size"] == 2 and scored["identity"]["backend"] == run_identity["backend"] == "onnxruntime"
+    assert scored["identity"]["model"] == run_identity["model"] == str(Path(onnx_path).resolve())
+    folder = tmp_path / "evaluated"
+    folder.mkdir()
+    shutil.copy(tmp_path / "s.json", folder / "summary.json")
+    assert main(["report", str(folder), "--quiet"]) == EXIT_OK
+    row = next(line for line in (folder / "report.md").read_text().splitlines() if line.startswith(f"| {folder} |"))
+    assert "| onnxruntime | 2 | 3 |" in row, row
     ours = json.loads((tmp_path / "r.json").read_text())
     theirs = json.loads((full_run / "results.json").read_text())
     assert len(ours) == len(theirs)

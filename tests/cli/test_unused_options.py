@@ -62,6 +62,14 @@ CASES = [
      lambda f, out: ["run", "--onnx", f["onnx"], "--backend", "torch", "--limit", "1", "--output", out]),
     ("run-simulated-onnx", "--onnx",
      lambda f, out: ["run", "--backend", "simulated-npu", "--onnx", f["onnx"], "--limit", "1", "--output", out]),
+    # the re-trial: a missing file the runtime would not read was reported "not found" (hunt for a file
+    # the job never needed); the unread option is what is wrong
+    ("run-simulated-missing-onnx", "--onnx",
+     lambda f, out: ["run", "--backend", "simulated-npu", "--onnx", f["onnx"] + ".missing", "--limit", "1",
+                     "--output", out]),
+    ("run-torch-missing-om", "--om",
+     lambda f, out: ["run", "--backend", "torch", "--om", f["onnx"] + ".missing.om", "--limit", "1",
+                     "--output", out]),
     ("infer-torch-onnx", "--onnx",
      lambda f, out: ["infer", "--backend", "torch", "--onnx", f["onnx"], "--inputs", f["inputs"], "--output", out]),
     ("compare-runs-weights", "--weights",

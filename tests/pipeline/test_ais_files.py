@@ -73,3 +73,27 @@ def test_same_image_in_two_run_folders_is_refused(tmp_path, cfg512):
 def test_missing_folder(tmp_path, cfg512):
     with pytest.raises(InputFileError, match="not found"):
         scan_outputs(tmp_path / "absent", cfg512)
+
+
+def test_another_presets_outputs_name_the_size_that_reads_them(tmp_path, cfg512):
+    """The re-trial: ``evaluate --size 320`` over M2Det512's outputs advised ``--skip-bad``, which scores
+    nothing; the message now names the preset whose outputs these are. 320's prior count is 12810
+    (40x40 + 20x20 + 10x10 + 5x5 + 3x3 + 1x1 = 2135 locations, six boxes each)."""
+    from m2det_impl.network.config import get_config
+    from m2det_impl.pipeline.evaluate import results_from_outputs
+    from m2det_impl.resources import MINI_COCO
+
+    ann = MINI_COCO / "annotations" / "instances_minival2014.json"
+    stem = sorted((MINI_COCO / "val2014").iterdir())[0].stem
+    scores, loc = _arrays(5)
+    write_outputs(tmp_path, stem, scores, loc)
+    cfg320 = get_config(320)
+    assert cfg320.num_priors == 12810
+    _, problems = scan_outputs(tmp_path, cfg320)
+    assert len(problems) == 1 and "(the size of M2Det512's outputs: give --size 512)" in problems[0].message
+    with pytest.raises(Exception) as info:
+        results_from_outputs(tmp_path, ann, cfg320)
+    assert "give --size 512" in str(info.value) and "--skip-bad" not in str(info.value)
+    (tmp_path / f"{stem}_1.bin").write_bytes(loc.tobytes()[:1000])  # truncated: no preset has that size
+    _, problems = scan_outputs(tmp_path, cfg512)
+    assert "(truncated or from another model?)" in problems[0].message

@@ -115,8 +115,14 @@ def test_merge_refuses_different_splits_and_runs(tmp_path):
 
 def test_merge_refuses_uncovered_images_and_nothing(tmp_path):
     a = _write(tmp_path, 0, 1, [1, 2])
-    with pytest.raises(M2DetError, match=r"1 image\(s\) covered by no shard, e.g. \[3\]"):
-        merge_shard_files([a], expected_ids=[1, 2, 3])
+    with pytest.raises(M2DetError, match=r"1 image\(s\) covered by no shard, e.g. \[3\]") as info:
+        merge_shard_files([a], expected_ids=[3, 2, 1])
+    # the re-trial: shards run with --limit 2 merged without it; the message now names the --limit
+    assert str(info.value).endswith("the shards cover exactly the first 2 images, as a run with --limit 2 does: "
+                                    "give merge the same --limit 2")
+    with pytest.raises(M2DetError) as info:  # not the first images: no --limit would select them
+        merge_shard_files([a], expected_ids=[0, 1, 2])
+    assert "--limit" not in str(info.value)
     assert merge_shard_files([a], expected_ids=[1, 2])[1] == [1, 2]
     with pytest.raises(M2DetError, match="no shard files"):
         merge_shard_files([])

@@ -10,12 +10,14 @@ repository's ``fixtures/``.
 from __future__ import annotations
 
 import json
+import sys
+import sysconfig
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 __all__ = ["data_path", "read_data_json", "BUNDLED", "MINI_COCO_ANNOTATIONS", "resolve_annotations", "resolve_baseline", "MINI_COCO", "TOLERANCES_FILE", "GATES_FILE",
-           "ATC_OPS_FILE", "BASELINES_DIR", "POSTPROCESS_CASES_FILE"]
+           "ATC_OPS_FILE", "BASELINES_DIR", "POSTPROCESS_CASES_FILE", "DOCS_INSTALLED_AS", "docs_folder"]
 
 
 def data_path(*parts: str) -> Path:
@@ -65,3 +67,18 @@ def resolve_baseline(value):
     if shipped.is_file() and (path.parent == Path(".") or path.parent.parts[-2:] == ("data", "baselines")):
         return shipped
     return path
+
+
+#: Where a wheel installs the project's docs (``[tool.setuptools.data-files]``), under the
+#: environment's prefix: the code cites them ("docs/reference.md, section 7"), so they travel too.
+DOCS_INSTALLED_AS = ("share", "doc", "m2det-conformance")
+
+
+def docs_folder() -> Optional[Path]:
+    """The project's ``docs/``: the checkout's, beside the package (a clone, an editable install), else
+    the copy a wheel installed under the environment's prefix; ``None`` when neither is there. Each
+    candidate must hold ``reference.md``, so another project's ``docs/`` in site-packages is not taken."""
+    candidates = [Path(__file__).resolve().parents[1] / "docs",
+                  Path(sysconfig.get_paths()["data"]).joinpath(*DOCS_INSTALLED_AS),
+                  Path(sys.prefix).joinpath(*DOCS_INSTALLED_AS)]
+    return next((c for c in candidates if (c / "reference.md").is_file()), None)

@@ -89,3 +89,15 @@ def test_run_on_the_bundled_set_from_another_folder(installed, tmp_path):
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["num_images"] == 2 and "bundled mini COCO" in summary["dataset"]
     assert (tmp_path / "r" / "results.json").is_file() and (tmp_path / "r" / "report.md").is_file()
+
+
+def test_the_docs_the_code_cites_travel_with_the_wheel(installed, tmp_path):
+    """The re-trial: a wheel's user met "docs/reference.md, section 7" in messages and had no docs. The
+    wheel installs them under the environment's prefix, and ``m2det docs`` finds them from any folder."""
+    listing = _run(installed, tmp_path, "docs")
+    assert listing.returncode == 0, listing.stderr
+    where = installed.parent / "share" / "doc" / "m2det-conformance"
+    assert f"in {where}" in listing.stdout and str(REPO) not in listing.stdout
+    printed = _run(installed, tmp_path, "docs", "reference")
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == (REPO / "docs" / "reference.md").read_text(encoding="utf-8").rstrip("\n") + "\n"

@@ -15,6 +15,7 @@ from m2det_impl.cli.commands import (
     cache,
     collect,
     compare,
+    docs,
     drift,
     evaluate,
     export,
@@ -29,6 +30,6 @@ from m2det_impl.cli.commands import (
 __all__ = ["MODULES", "COMMANDS"]
 
 #: command name -> its module, in the order ``m2det --help`` lists them.
-MODULES: Dict[str, ModuleType] = {m.__name__.rsplit(".", 1)[1]: m for m in (run, evaluate, merge, export, preprocess, infer, bench, report, compare, drift, collect, regress, cache)}
+MODULES: Dict[str, ModuleType] = {m.__name__.rsplit(".", 1)[1]: m for m in (run, evaluate, merge, export, preprocess, infer, bench, report, compare, drift, collect, regress, cache, docs)}
 #: command name -> the function the parser calls (looked up when the parser is built).
 COMMANDS: Dict[str, Callable[..., int]] = {name: module.run for name, module in MODULES.items()}

@@ -24,7 +24,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from m2det_impl._io import PathLike, read_json_object, reading_fields
+from m2det_impl._io import PathLike, is_number, read_json_object, reading_fields
 from m2det_impl.errors import InputFileError, UsageError
 from m2det_impl.evaluation.agreement import DetectionAgreement, agreement_totals, match_detections
 from m2det_impl.evaluation.metrics import OutputMetrics, compare_runs, worst_per_output
@@ -210,13 +210,9 @@ def _summary(folder: Path) -> dict:
             raise TypeError(f"'identity' is {type(summary['identity']).__name__}, not an object")
         [int(i) for i in summary.get("image_ids") or []]
         for key in ("ap", "images_per_second", "num_images"):
-            if key in summary and not (_is_number(summary[key]) and math.isfinite(summary[key])):
+            if key in summary and not (is_number(summary[key]) and math.isfinite(summary[key])):
                 raise TypeError(f"{key!r} is {summary[key]!r}, not a finite number")
     return summary
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def compare_result_folders(candidate: PathLike, reference: PathLike) -> VariantComparison:

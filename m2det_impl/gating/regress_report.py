@@ -88,8 +88,9 @@ def markdown_report(cmp: Comparison) -> str:
         head = ("> **WARNING: measured on another machine or workload; NOTHING WAS GATED.**" if not cmp.gated
                 else "> **WARNING: machine or workload differs; gated anyway as asked.**")
         lines += [head, ">"] + [f"> - {line}" for line in _banner(cmp)]
-        if _own_baseline_hint(cmp):
-            lines += [">", f"> {_own_baseline_hint(cmp)}"]
+        hint = _own_baseline_hint(cmp)
+        if hint:
+            lines += [">", f"> {hint}"]
         lines.append("")
     for note in cmp.notes:
         lines.append(f"> {note}")
@@ -145,8 +146,9 @@ def announce(cmp: Comparison) -> None:
         logger.warning("!!! " + ("NOTHING IS GATED: figures from different machines or workloads are not comparable. "
                       "Pass --allow-other-machine / --allow-other-workload to gate anyway."
                       if not cmp.gated else "gating anyway, as asked"))
-        if _own_baseline_hint(cmp):
-            logger.warning("!!! " + _own_baseline_hint(cmp))
+        hint = _own_baseline_hint(cmp)
+        if hint:
+            logger.warning("!!! " + hint)
         logger.warning(bar)
     for note in cmp.notes:
         logger.log(RESULT, f"note: {note}")

@@ -49,7 +49,7 @@ def _earlier_speed(path, identity) -> Optional[dict]:
     """The speed an earlier run of the same identity recorded in ``path`` (its summary.json), if any."""
     import json
 
-    from m2det_impl._io import read_json_object, to_jsonable
+    from m2det_impl._io import is_number, read_json_object, to_jsonable
     from m2det_impl.errors import InputFileError
 
     if not path.is_file():
@@ -60,12 +60,12 @@ def _earlier_speed(path, identity) -> Optional[dict]:
         return None
     speed = summary.get("images_per_second")
     same_run = summary.get("identity") == json.loads(json.dumps(identity, default=to_jsonable))  # as written
-    if not same_run or not isinstance(speed, (int, float)) or isinstance(speed, bool) or speed <= 0:
+    if not same_run or not is_number(speed) or speed <= 0:
         return None
     earlier = {"images_per_second": float(speed),
                "images_per_second_from": _earlier_source(summary.get("images_per_second_from"))}
     inference = summary.get("inference_images_per_second")
-    if isinstance(inference, (int, float)) and not isinstance(inference, bool) and inference > 0:
+    if is_number(inference) and inference > 0:
         earlier["inference_images_per_second"] = float(inference)  # the pair stays together
     return earlier
 

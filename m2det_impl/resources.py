@@ -10,7 +10,7 @@ repository's ``fixtures/``.
 from __future__ import annotations
 
 import json
-import sys
+import site
 import sysconfig
 from importlib import resources
 from pathlib import Path
@@ -76,9 +76,10 @@ DOCS_INSTALLED_AS = ("share", "doc", "m2det-conformance")
 
 def docs_folder() -> Optional[Path]:
     """The project's ``docs/``: the checkout's, beside the package (a clone, an editable install), else
-    the copy a wheel installed under the environment's prefix; ``None`` when neither is there. Each
-    candidate must hold ``reference.md``, so another project's ``docs/`` in site-packages is not taken."""
+    the copy a wheel installed under the environment's prefix, else under the user's base (``pip install
+    --user``); ``None`` when none is there. Each candidate must hold ``reference.md``, so another
+    project's ``docs/`` in site-packages is not taken."""
     candidates = [Path(__file__).resolve().parents[1] / "docs",
                   Path(sysconfig.get_paths()["data"]).joinpath(*DOCS_INSTALLED_AS),
-                  Path(sys.prefix).joinpath(*DOCS_INSTALLED_AS)]
+                  Path(site.getuserbase()).joinpath(*DOCS_INSTALLED_AS)]
     return next((c for c in candidates if (c / "reference.md").is_file()), None)

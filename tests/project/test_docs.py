@@ -89,3 +89,24 @@ def test_m2det_docs_lists_and_prints_the_documents(capsys):
     assert "### 6. Release" in capsys.readouterr().out
     assert main(["docs", "SPEC"]) == EXIT_BAD_INPUT
     assert "no document 'SPEC': one of architecture," in capsys.readouterr().err
+
+
+def test_docs_are_found_where_each_kind_of_install_puts_them(tmp_path, monkeypatch):
+    """A wheel's data files go under the environment's prefix, or under the user's base with
+    ``pip install --user``; a folder without reference.md (another project's) is not taken."""
+    import m2det_impl.resources as resources
+
+    monkeypatch.setattr(resources, "__file__", str(tmp_path / "site-packages" / "m2det_impl" / "resources.py"))
+    prefix, user = tmp_path / "prefix", tmp_path / "user"
+    monkeypatch.setattr(resources.sysconfig, "get_paths", lambda: {"data": str(prefix)})
+    monkeypatch.setattr(resources.site, "getuserbase", lambda: str(user))
+    (tmp_path / "site-packages" / "docs").mkdir(parents=True)  # another project's docs/, no reference.md
+    assert resources.docs_folder() is None
+    installed = user.joinpath("share", "doc", "m2det-conformance")
+    installed.mkdir(parents=True)
+    (installed / "reference.md").write_text("# M2Det reference behaviour\n")
+    assert resources.docs_folder() == installed
+    in_prefix = prefix.joinpath("share", "doc", "m2det-conformance")
+    in_prefix.mkdir(parents=True)
+    (in_prefix / "reference.md").write_text("# M2Det reference behaviour\n")
+    assert resources.docs_folder() == in_prefix  # the environment's own copy first
